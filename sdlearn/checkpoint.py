@@ -1,0 +1,117 @@
+"""Saving and loading, always safetensors + JSON (never pickle), always written atomically.
+
+- A *model folder* is diffusers' layout: ``config.json`` + ``diffusion_pytorch_model.safetensors``.
+- A *training checkpoint* is a folder ``step-000123/`` with ``weights.safetensors`` (model, EMA
+  model, optimizer moments, RNG states) and ``state.json`` (step, loss history, optimizer
+  hyper-parameters). It is written under a temporary name and renamed; ``latest.json`` is then
+  replaced atomically to point at it. A process killed at any moment leaves either the old or
+  the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "pretrained")
+
+
+def atomic_write_json(path: str, obj) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_file(tensors: dict, path: str, metadata: dict | None = None) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def resolve_pretrained(folder_or_name: str | os.PathLike) -> str:
+    """A folder path, or the name of a model shipped inside the package (e.g. "mnist-ddpm")."""
+    path = os.fspath(folder_or_name)
+    if os.path.isdir(path):
+        return path
+    shipped = os.path.join(PRETRAINED_DIR, path)
+    if os.path.isdir(shipped):
+        return shipped
+    names = sorted(n for n in os.listdir(PRETRAINED_DIR) if os.path.isdir(os.path.join(PRETRAINED_DIR, n))) \
+        if os.path.isdir(PRETRAINED_DIR) else []
+    raise FileNotFoundError(f"{path!r} is neither a folder nor a shipped model; shipped models: {names}.")
+
+
+def save_model_folder(model: torch.nn.Module, folder: str | os.PathLike, config: dict) -> None:
+    os.makedirs(folder, exist_ok=True)
+    atomic_save_file(model.state_dict(), os.path.join(folder, model.weights_name))
+    atomic_write_json(os.path.join(folder, model.config_name), config)
+
+
+def load_model_folder(model_cls, config_cls, folder_or_name):
+    folder = resolve_pretrained(folder_or_name)
+    config_path = os.path.join(folder, model_cls.config_name)
+    weights_path = os.path.join(folder, model_cls.weights_name)
+    for p in (config_path, weights_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{folder!r} has no {os.path.basename(p)}; was it written by save_pretrained()?")
+    with open(config_path) as f:
+        config = config_cls.from_dict(json.load(f))
+    model = model_cls(config)
+    state = load_file(weights_path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"Weights in {weights_path!r} do not fit the model built from its config.json: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}."
+        )
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- training checkpoints
+def save_training_checkpoint(run_dir: str, step: int, tensors: dict, state: dict, keep: int = 2) -> str:
+    """Write ``run_dir/step-{step}`` atomically, point ``latest.json`` at it, and keep the newest ``keep``."""
+    os.makedirs(run_dir, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = os.path.join(run_dir, name)
+    tmp = tempfile.mkdtemp(dir=run_dir, prefix=".tmp-")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, os.path.join(tmp, "weights.safetensors"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_json(os.path.join(run_dir, "latest.json"), {"checkpoint": name, "step": step})
+    old = sorted(n for n in os.listdir(run_dir) if n.startswith("step-") and n != name)
+    for n in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(os.path.join(run_dir, n), ignore_errors=True)
+    for n in os.listdir(run_dir):  # leftovers of a run killed mid-write
+        if n.startswith(".tmp-") and os.path.join(run_dir, n) != tmp:
+            shutil.rmtree(os.path.join(run_dir, n), ignore_errors=True)
+    return final
+
+
+def load_training_checkpoint(run_dir: str) -> tuple[dict, dict] | None:
+    """(tensors, state) of the checkpoint ``latest.json`` points at, or None if there is none."""
+    pointer = os.path.join(run_dir, "latest.json")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = json.load(f)["checkpoint"]
+    folder = os.path.join(run_dir, name)
+    tensors = load_file(os.path.join(folder, "weights.safetensors"))
+    with open(os.path.join(folder, "state.json")) as f:
+        state = json.load(f)
+    return tensors, state

@@ -1,0 +1,48 @@
+"""The recipes behind the shipped checkpoints: model, noise schedule and training settings, by name.
+
+Each shipped model's card quotes the exact command that made it, e.g.
+``python -m sdlearn train mnist-ddpm --run-dir runs/mnist-ddpm`` (resumable: run it again to continue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .train import TrainConfig
+from .unet import UNetConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    unet: UNetConfig
+    scheduler: dict  # DDPMScheduler keyword arguments
+    train: TrainConfig
+    data: str = "digits"  # which training set (sdlearn.data)
+    notes: str = ""
+    fast_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, batch_size=32, warmup_steps=5))
+
+
+RECIPES = {
+    "mnist-ddpm": Recipe(
+        name="mnist-ddpm",
+        # 2.73 M parameters: the same blocks as the diffusers-example baseline (32/64/128, attention at 8x8).
+        unet=UNetConfig(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 128),
+                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
+                        attention_head_dim=32, norm_num_groups=8),
+        scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                       prediction_type="epsilon", variance_type="fixed_small", clip_sample=True),
+        # Changes from the baseline, each measured to move the curve (BASELINES.md): warm-up and cosine
+        # decay, min-SNR-5 weighting (Hang et al. 2023), a shorter EMA.
+        train=TrainConfig(steps=12000, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
+                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, loss_weighting="min_snr",
+                          min_snr_gamma=5.0, seed=0, checkpoint_every=250),
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise KeyError(f"No recipe named {name!r}; recipes: {sorted(RECIPES)}.")
+    return RECIPES[name]
