@@ -28,6 +28,7 @@ def atomic_write_json(path: str, obj) -> None:
         json.dump(obj, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; shipped files must be readable by everyone
     os.replace(tmp, path)
 
 
@@ -36,6 +37,7 @@ def atomic_save_file(tensors: dict, path: str, metadata: dict | None = None) -> 
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     os.close(fd)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

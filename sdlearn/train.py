@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -174,7 +175,7 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(model, config.ema_decay)
     losses: list[float] = []
-    start = 0
+    start, seconds_before = 0, 0.0
     run_dir = os.fspath(run_dir) if run_dir is not None else None
 
     if run_dir is not None and resume:
@@ -192,14 +193,17 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
             _unpack(tensors, model, ema, optimizer, generator)
             ema.num_updates = state["ema_updates"]
             losses, start = state["losses"], state["step"]
+            seconds_before = state.get("train_seconds", 0.0)
 
     def checkpoint(step):
         if run_dir is None:
             return None
         state = {"step": step, "ema_updates": ema.num_updates, "losses": losses,
+                 "train_seconds": seconds_before + time.perf_counter() - started,
                  "config": dataclasses.asdict(config), "model_config": _model_config(model)}
         return save_training_checkpoint(run_dir, step, _pack(model, ema, optimizer, generator), state)
 
+    started = time.perf_counter()  # wall time is recorded in every checkpoint (summed over resumed runs)
     use_bf16 = device.type == "cuda"
     model.train()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="training")
