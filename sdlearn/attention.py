@@ -20,8 +20,9 @@ from torch import nn
 class SelfAttentionBlock(nn.Module):
     """GroupNorm -> multi-head self-attention over the H*W positions -> residual add."""
 
-    def __init__(self, channels: int, head_dim: int, norm_groups: int, eps: float = 1e-5):
+    def __init__(self, channels: int, head_dim: int | None, norm_groups: int, eps: float = 1e-5):
         super().__init__()
+        head_dim = head_dim or channels  # None: a single head spanning all channels
         if channels % head_dim != 0:
             raise ValueError(f"channels ({channels}) must be divisible by attention head_dim ({head_dim}).")
         self.heads = channels // head_dim

@@ -23,7 +23,7 @@ PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "pretrained")
 
 def atomic_write_json(path: str, obj) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2)
         f.flush()
@@ -34,7 +34,7 @@ def atomic_write_json(path: str, obj) -> None:
 
 def atomic_save_file(tensors: dict, path: str, metadata: dict | None = None) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     os.close(fd)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
     os.chmod(tmp, 0o644)
@@ -71,6 +71,11 @@ def load_model_folder(model_cls, config_cls, folder_or_name):
         config = config_cls.from_dict(json.load(f))
     model = model_cls(config)
     state = load_file(weights_path)
+    expected = model.state_dict()
+    wrong = [f"{k}: {tuple(v.shape)} in file, {tuple(expected[k].shape)} in model"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"Weights in {weights_path!r} do not fit the model built from its config.json: {wrong[:3]}.")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -100,8 +105,12 @@ def save_training_checkpoint(run_dir: str, step: int, tensors: dict, state: dict
     for n in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(os.path.join(run_dir, n), ignore_errors=True)
     for n in os.listdir(run_dir):  # leftovers of a run killed mid-write
-        if n.startswith(".tmp-") and os.path.join(run_dir, n) != tmp:
-            shutil.rmtree(os.path.join(run_dir, n), ignore_errors=True)
+        path = os.path.join(run_dir, n)
+        if n.startswith(".tmp-") and path != tmp:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
     return final
 
 

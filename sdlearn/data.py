@@ -91,7 +91,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path!r} is truncated or corrupt: header promises shape {shape} ({expected} bytes of data) "
             f"but the file holds {len(raw) - header}. Delete it and download it again."
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).copy()  # writable
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

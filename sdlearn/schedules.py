@@ -73,7 +73,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     alphas = 1.0 - betas
     sqrt_alpha_bar = torch.cumprod(alphas, dim=0).sqrt()
     first, last = sqrt_alpha_bar[0].clone(), sqrt_alpha_bar[-1].clone()
-    sqrt_alpha_bar = (sqrt_alpha_bar - last) * first / (first - last)
+    sqrt_alpha_bar = (sqrt_alpha_bar - last) * (first / (first - last))
     alpha_bar = sqrt_alpha_bar**2
     alphas = torch.cat([alpha_bar[0:1], alpha_bar[1:] / alpha_bar[:-1]])
     return 1 - alphas

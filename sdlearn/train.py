@@ -137,6 +137,8 @@ def _pack(model, ema: EMA, optimizer, generator: torch.Generator) -> dict:
             tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     return tensors
 
 
@@ -153,6 +155,8 @@ def _unpack(tensors: dict, model, ema: EMA, optimizer, generator: torch.Generato
             optimizer.state[p] = state
     generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
 def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: TrainConfig,
@@ -166,6 +170,8 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
 
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}.")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf; check the data loading before training.")
     if images.min() < -1.001 or images.max() > 1.001:
         raise ValueError("images must be scaled to [-1, 1] (DDPM's data range); see sdlearn.data.to_model_range.")
     device = next(model.parameters()).device
@@ -208,8 +214,12 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     model.train()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="training")
     step = start
+    # Ctrl-C can land anywhere in a step. Before the update, the step's random draws are undone (rng_before) so
+    # the checkpoint resumes exactly; during the update (updating) no checkpoint is written: the last one stands.
+    rng_before, updating = None, False
     try:
         for step in bar:
+            rng_before = (generator.get_state(), torch.get_rng_state())
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
             x0 = images[batch_indices(step, len(images), config.batch_size, config.seed).to(device)]
@@ -223,16 +233,23 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            updating = True
             optimizer.step()
             ema.update(model)
             losses.append(loss.item())
+            rng_before = None
+            updating = False
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{learning_rate(step, config):.1e}")
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 checkpoint(step + 1)
         step = config.steps
     except KeyboardInterrupt:
-        checkpoint(len(losses))  # nothing lost: the run continues from here next time
+        if not updating:  # nothing lost: the run continues from here next time, exactly as if uninterrupted
+            if rng_before is not None:
+                generator.set_state(rng_before[0])
+                torch.set_rng_state(rng_before[1])
+            checkpoint(len(losses))
         raise
     finally:
         bar.close()

@@ -36,7 +36,7 @@ class UNetConfig:
     down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")  # "Attn..." = self-attention
     up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")  # mirror of the down path
     layers_per_block: int = 1  # residual blocks per level on the way down (one more on the way up)
-    attention_head_dim: int = 32  # channels per attention head
+    attention_head_dim: int | None = 32  # channels per attention head; None: one head over all channels
     norm_num_groups: int = 8  # GroupNorm groups (Wu & He 2018); DDPM uses 32 on wider nets
     norm_eps: float = 1e-5
     dropout: float = 0.0  # DDPM used 0.1 on CIFAR-10
@@ -67,8 +67,6 @@ class UNetConfig:
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
         if "add_attention" in d:
             kw["add_mid_attention"] = d["add_attention"]
-        if d.get("attention_head_dim") is None and "attention_head_dim" in d:
-            kw.pop("attention_head_dim")
         return cls(**kw)
 
 
@@ -315,7 +313,8 @@ class UNet(nn.Module):
         """Write config.json + diffusion_pytorch_model.safetensors (diffusers' layout)."""
         from .checkpoint import save_model_folder
 
-        save_model_folder(self, folder, dict(self.config.to_dict(), _class_name="UNet2DModel"))
+        config = dict(self.config.to_dict(), _class_name="UNet2DModel", add_attention=self.config.add_mid_attention)
+        save_model_folder(self, folder, config)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "UNet":

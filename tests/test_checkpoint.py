@@ -1,0 +1,94 @@
+"""Checkpoints: atomic writes, leftovers of killed runs, pruning, and finding shipped models."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdlearn import checkpoint
+from sdlearn.checkpoint import (
+    atomic_save_file,
+    atomic_write_json,
+    load_training_checkpoint,
+    resolve_pretrained,
+    save_training_checkpoint,
+)
+
+
+def tensors(value: float) -> dict:
+    return {"model.w": torch.full((2, 3), value), "rng.generator": torch.arange(4, dtype=torch.uint8)}
+
+
+def test_atomic_writers_leave_no_temporary_files(tmp_path):
+    atomic_write_json(str(tmp_path / "a.json"), {"x": 1})
+    atomic_write_json(str(tmp_path / "a.json"), {"x": 2})  # replacing works too
+    atomic_save_file({"w": torch.ones(3)}, str(tmp_path / "w.safetensors"), metadata={"format": "pt"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "w.safetensors"]
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
+    assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], torch.ones(3))
+
+
+def test_training_checkpoint_round_trip_and_pruning(tmp_path):
+    run = str(tmp_path)
+    assert load_training_checkpoint(run) is None  # nothing there yet
+    for step in (10, 20, 30):
+        final = save_training_checkpoint(run, step, tensors(float(step)), {"step": step, "losses": [0.5] * step})
+        assert os.path.basename(final) == f"step-{step:07d}"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["latest.json", "step-0000020", "step-0000030"], "keeps the newest two, nothing temporary"
+    assert json.loads((tmp_path / "latest.json").read_text()) == {"checkpoint": "step-0000030", "step": 30}
+    loaded, state = load_training_checkpoint(run)
+    assert state == {"step": 30, "losses": [0.5] * 30}
+    assert torch.equal(loaded["model.w"], torch.full((2, 3), 30.0))
+    assert sorted(os.listdir(tmp_path / "step-0000030")) == ["state.json", "weights.safetensors"]
+    # never pickle: the weights are a plain safetensors file
+    assert (tmp_path / "step-0000030" / "weights.safetensors").read_bytes()[8:9] == b"{"
+
+
+def test_leftover_tmp_dir_of_a_killed_run_is_ignored_then_cleaned(tmp_path):
+    run = str(tmp_path)
+    save_training_checkpoint(run, 5, tensors(5.0), {"step": 5})
+    # what a run killed half-way through writing step 10 leaves behind
+    half = tmp_path / ".tmp-abc123"
+    half.mkdir()
+    (half / "weights.safetensors").write_bytes(b"\x00\x01 half a file")
+    loaded, state = load_training_checkpoint(run)
+    assert state["step"] == 5 and torch.equal(loaded["model.w"], torch.full((2, 3), 5.0))
+    save_training_checkpoint(run, 10, tensors(10.0), {"step": 10})
+    assert not half.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step-0000005", "step-0000010"]
+
+
+def test_rewriting_the_same_step_replaces_it(tmp_path):
+    run = str(tmp_path)
+    save_training_checkpoint(run, 7, tensors(1.0), {"step": 7})
+    save_training_checkpoint(run, 7, tensors(2.0), {"step": 7, "again": True})
+    loaded, state = load_training_checkpoint(run)
+    assert state["again"] and torch.equal(loaded["model.w"], torch.full((2, 3), 2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step-0000007"]
+
+
+def test_resolve_pretrained(tmp_path, monkeypatch):
+    assert resolve_pretrained(tmp_path) == str(tmp_path)  # a folder is returned as is
+    shipped = tmp_path / "pretrained"
+    (shipped / "digits-a").mkdir(parents=True)
+    (shipped / "digits-b").mkdir()
+    (shipped / "README.md").write_text("not a model")
+    monkeypatch.setattr(checkpoint, "PRETRAINED_DIR", str(shipped))
+    assert resolve_pretrained("digits-b") == str(shipped / "digits-b")
+    with pytest.raises(FileNotFoundError, match=r"'mnist-ddmp' is neither a folder nor a shipped model; "
+                                                r"shipped models: \['digits-a', 'digits-b'\]"):
+        resolve_pretrained("mnist-ddmp")
+
+
+def test_resolve_pretrained_lists_the_real_shipped_models():
+    real = checkpoint.PRETRAINED_DIR
+    names = sorted(n for n in os.listdir(real) if os.path.isdir(os.path.join(real, n))) if os.path.isdir(real) else []
+    with pytest.raises(FileNotFoundError, match="shipped models") as err:
+        resolve_pretrained("surely-not-a-model")
+    for name in names:
+        assert name in str(err.value)
