@@ -1,6 +1,6 @@
 """Command line: ``python -m sdlearn <command>`` (what the Makefile calls, and Windows users type).
 
-Commands: course, test, lab, exercises, train, export, evaluate.
+Commands: course, test, lab, exercises, release, gpu-check, train, train-classifier.
 """
 
 from __future__ import annotations
@@ -69,9 +69,155 @@ def cmd_train_classifier(args) -> int:
     return 0
 
 
+# --- the course: run, test, study (what the Makefile's targets call) ---------------------------
+
+def _fast_choice(args) -> bool | None:
+    """--fast -> True, --full -> False, neither -> None (the notebooks decide: FAST without a GPU)."""
+    return True if args.fast else False if args.full else None
+
+
+def cmd_course(args) -> int:
+    from .notebooks import run_course
+
+    try:
+        return run_course(args.chapters, args.out, fast=_fast_choice(args), timeout=args.timeout,
+                          notebooks=args.notebooks or None)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_test(args) -> int:
+    import subprocess
+
+    if not os.path.isdir("tests"):
+        print("No tests/ folder here: run this from the sdlearn repository root.", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "pytest", *args.extra])
+
+
+def cmd_lab(args) -> int:
+    """JupyterLab in chapters/, or in the folder given first (``lab build/student``)."""
+    import subprocess
+
+    extra = list(args.extra)
+    folder = extra.pop(0) if extra and not extra[0].startswith("-") else "chapters"
+    if not os.path.isdir(folder):
+        print(f"No folder {os.path.abspath(folder)}: run this from the sdlearn repository root "
+              "(`make exercises` writes build/student/).", file=sys.stderr)
+        return 2
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+        extra.append("--allow-root")  # containers often run as root; JupyterLab refuses without this
+    print(f"Starting JupyterLab in {os.path.abspath(folder)} (Ctrl+C to stop)")
+    return subprocess.call([sys.executable, "-m", "jupyterlab", *extra], cwd=folder)
+
+
+def cmd_exercises(args) -> int:
+    from .notebooks import release
+
+    try:
+        written = release([args.chapters], args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"student copy: {path}")
+    print(f"{len(written)} student notebook(s) in {os.path.abspath(args.out)}: solutions replaced by "
+          "'raise NotImplementedError()'; the check cell after each exercise tells you when yours is right.\n"
+          f"Work in them with: python -m sdlearn lab {args.out}   (or: make lab ARGS={args.out})")
+    return 0
+
+
+def cmd_release(args) -> int:
+    from .notebooks import release
+
+    try:
+        written = release(args.paths, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"student copy: {path}")
+    return 0
+
+
+def cmd_gpu_check(args) -> int:
+    """Benchmarks, then every chapter in full mode (SDLEARN_FAST=0), with times.
+
+    A stub to grow: it runs each ``benchmarks/*.py`` script and the chapters, and prints what it
+    ran and how long each took; the scripts and notebooks print their own quality figures.
+    """
+    import glob
+    import subprocess
+
+    import torch
+
+    from .notebooks import run_course
+
+    if not torch.cuda.is_available():
+        print("warning: torch sees no CUDA GPU; full mode on this machine will be slow.", file=sys.stderr)
+    else:
+        print(f"GPU: {torch.cuda.get_device_name(0)}")
+    started = time.time()
+    timings: list[tuple[str, float, int]] = []
+    for script in sorted(glob.glob(os.path.join(args.benchmarks, "*.py"))):
+        print(f"\n== {script}", flush=True)
+        t0 = time.time()
+        status = subprocess.call([sys.executable, script])
+        timings.append((script, time.time() - t0, status))
+    print("\n== chapters in full mode (SDLEARN_FAST=0)", flush=True)
+    t0 = time.time()
+    status = 0 if args.skip_chapters else run_course(args.chapters, args.out, fast=False, timeout=args.timeout)
+    timings.append((f"{args.chapters}/*.ipynb -> {args.out}", time.time() - t0, status))
+    total = time.time() - started
+    print("\ngpu-check summary")
+    for what, seconds, code in timings:
+        print(f"  {seconds:7.1f} s  {'ok    ' if code == 0 else f'FAILED ({code})'}  {what}")
+    print(f"  {total:7.1f} s  total (target: under 8 minutes)")
+    return 0 if all(code == 0 for _, _, code in timings) else 1
+
+
+# Commands whose extra arguments go through untouched (to pytest, to jupyter lab).
+PASS_THROUGH = ("test", "lab")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdlearn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("course", help="execute every chapter notebook -> build/course/ (.ipynb + HTML)")
+    p.add_argument("notebooks", nargs="*", help="run only these notebooks (default: every chapters/*.ipynb)")
+    p.add_argument("--chapters", default="chapters", help="folder of chapter notebooks")
+    p.add_argument("--out", default=os.path.join("build", "course"), help="where executed notebooks go")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--fast", action="store_true", help="force FAST mode (SDLEARN_FAST=1)")
+    speed.add_argument("--full", action="store_true", help="force full mode (SDLEARN_FAST=0)")
+    p.add_argument("--timeout", type=int, default=1200, help="most seconds one cell may take")
+    p.set_defaults(func=cmd_course)
+
+    p = sub.add_parser("test", help="run the test suite (any further arguments go to pytest)")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("lab", help="start JupyterLab in chapters/ or in a given folder: lab [FOLDER] [jupyter lab options]")
+    p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("exercises", help="student copies of every chapter -> build/student/")
+    p.add_argument("--chapters", default="chapters")
+    p.add_argument("--out", default=os.path.join("build", "student"))
+    p.set_defaults(func=cmd_exercises)
+
+    p = sub.add_parser("release", help="student copies of the given notebooks or folders of notebooks")
+    p.add_argument("paths", nargs="+", metavar="NOTEBOOK_OR_FOLDER")
+    p.add_argument("--out", required=True, help="folder for the student copies")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("gpu-check", help="on a CUDA machine: benchmarks and every chapter in full mode, timed")
+    p.add_argument("--benchmarks", default="benchmarks", help="folder of benchmark scripts (each *.py is run)")
+    p.add_argument("--chapters", default="chapters")
+    p.add_argument("--out", default=os.path.join("build", "gpu-check"))
+    p.add_argument("--timeout", type=int, default=1200, help="most seconds one cell may take")
+    p.add_argument("--skip-chapters", action="store_true", help="run the benchmarks only")
+    p.set_defaults(func=cmd_gpu_check)
 
     p = sub.add_parser("train", help="train a named recipe (resumable: run again to continue)")
     p.add_argument("name", help="recipe name, e.g. mnist-ddpm")
@@ -91,5 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_classifier)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra: list[str] = []
+    if argv and argv[0] in PASS_THROUGH:
+        argv, extra = argv[:1], argv[1:]
     args = parser.parse_args(argv)
+    args.extra = extra
     return args.func(args)
