@@ -177,6 +177,44 @@ def cmd_gpu_check(args) -> int:
     return 0 if all(code == 0 for _, _, code in timings) else 1
 
 
+def cmd_export(args) -> int:
+    from .evaluate import export_run
+
+    out = args.out or os.path.join(os.path.dirname(__file__), "pretrained", args.name)
+    info = export_run(args.name, args.run_dir or os.path.join("runs", args.name), out)
+    print(f"exported the EMA weights of step {info['step']} ({info['dtype']}) to {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    import torch
+
+    from .evaluate import evaluate, write_model_card
+    from .viz import show_images
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report, samples = evaluate(args.name, num_samples=args.num_samples, num_inference_steps=args.steps,
+                               seed=args.seed, progress=not args.no_progress)
+    print(json.dumps(report, indent=2))
+    folder = args.name if os.path.isdir(args.name) else os.path.join(os.path.dirname(__file__), "pretrained", args.name)
+    if args.write:
+        with open(os.path.join(folder, "quality.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        show_images(samples[:64], nrow=8, title=f"{args.name}: 64 of {len(samples)} samples").savefig(
+            os.path.join(folder, "samples.png"), dpi=80)
+        training_path = os.path.join(folder, "training.json")
+        if os.path.isfile(training_path):
+            with open(training_path) as f:
+                training = json.load(f)
+            card = write_model_card(folder, os.path.basename(os.path.normpath(folder)), report, training, args.machine)
+            print(f"model card: {card}")
+    print("PASSES the quality bar" if report["passes_bar"] else "does NOT pass the quality bar")
+    return 0
+
+
 # Commands whose extra arguments go through untouched (to pytest, to jupyter lab).
 PASS_THROUGH = ("test", "lab")
 
@@ -236,6 +274,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("export", help="write the EMA weights of a training run as a shipped pipeline folder")
+    p.add_argument("name", help="recipe name, e.g. mnist-ddpm")
+    p.add_argument("--run-dir", default=None, help="checkpoint folder (default runs/NAME)")
+    p.add_argument("--out", default=None, help="default: sdlearn/pretrained/NAME")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="measure a digits DDPM against its quality bar (256 samples, 1000 steps)")
+    p.add_argument("name", nargs="?", default="mnist-ddpm", help="shipped model name or pipeline folder")
+    p.add_argument("--num-samples", type=int, default=256)
+    p.add_argument("--steps", type=int, default=1000, help="DDPM inference steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--machine", default="a 2-core CPU (no GPU)", help="described in the model card")
+    p.add_argument("--no-write", dest="write", action="store_false",
+                   help="only print; do not write quality.json, samples.png and the model card")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     argv = sys.argv[1:] if argv is None else list(argv)
     extra: list[str] = []

@@ -22,10 +22,15 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write_json, resolve_pretrained
-from ..schedulers import DDPMScheduler
+from ..schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from ..unet import UNet
 
-SCHEDULER_CLASSES = {"DDPMScheduler": DDPMScheduler}
+SCHEDULER_CLASSES = {
+    "DDPMScheduler": DDPMScheduler,
+    "DDIMScheduler": DDIMScheduler,
+    "EulerDiscreteScheduler": EulerDiscreteScheduler,
+    "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+}
 
 
 @dataclass
@@ -83,6 +88,8 @@ class DDPMPipeline:
         """
         from tqdm.auto import tqdm
 
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         c = self.unet.config
@@ -94,9 +101,10 @@ class DDPMPipeline:
             latents = torch.randn(shape, generator=generator, device=gen_device).to(device)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        # the grid first: init_noise_sigma of Euler-type schedulers depends on it
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         x_t = latents.to(device) * self.scheduler.init_noise_sigma  # x_T
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
         for i, t in enumerate(tqdm(self.scheduler.timesteps, disable=not progress, desc="sampling")):
             model_in = self.scheduler.scale_model_input(x_t, t)
             model_output = self.unet(model_in, t)  # eps_theta(x_t, t)

@@ -1,6 +1,16 @@
 """Schedulers: the reverse-process step x_t -> x_{t-1}, one class per sampler, one interface for all."""
 
 from .base import SchedulerConfig, SchedulerOutput
+from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .dpmsolver import DPMSolverMultistepScheduler
+from .euler import EulerDiscreteScheduler
 
-__all__ = ["DDPMScheduler", "SchedulerConfig", "SchedulerOutput"]
+__all__ = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "SchedulerConfig",
+    "SchedulerOutput",
+]

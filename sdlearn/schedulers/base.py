@@ -47,6 +47,9 @@ class SchedulerMixinLite:
     """Config handling shared by the schedulers (a plain base class, not a diffusers-style mixin zoo)."""
 
     config_name = "scheduler_config.json"
+    # diffusers options this class does not implement, with the values that mean "off"; from_config refuses a
+    # config that turns one on instead of silently sampling differently (e.g. {"use_karras_sigmas": (False, None)}).
+    unsupported_options: dict[str, tuple] = {}
 
     def _register_config(self, local_vars: dict) -> None:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
@@ -57,6 +60,12 @@ class SchedulerMixinLite:
     def from_config(cls, config: dict, **changes):
         """Build this scheduler from another scheduler's config (unknown keys are ignored), as diffusers does."""
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        for name, off_values in cls.unsupported_options.items():
+            if name in config and config[name] not in off_values:
+                raise NotImplementedError(
+                    f"{cls.__name__} in sdlearn does not implement {name}={config[name]!r} (diffusers does); "
+                    f"use {name}={off_values[0]!r}, or diffusers' {cls.__name__} for that option."
+                )
         kwargs = {k: v for k, v in dict(config).items() if k in accepted}
         unknown = set(changes) - accepted
         if unknown:
@@ -98,6 +107,64 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"Unknown {name} {value!r}; choose one of {choices}.")
 
 
+def randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
+    """Standard normal noise, drawn on the generator's device and then moved to ``device``.
+
+    So a CPU generator works for a model on a GPU and gives the same numbers there (diffusers' randn_tensor does
+    the same); ``torch.randn(..., generator=cpu_generator, device="cuda")`` would raise instead.
+    """
+    device = torch.device(device)
+    draw_on = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
+
+
+def check_num_inference_steps(num_inference_steps, num_train_timesteps: int) -> None:
+    """S must be a positive int no larger than T: the model only knows T noise levels."""
+    S, T = num_inference_steps, num_train_timesteps
+    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
+        raise ValueError(f"num_inference_steps must be a positive int, got {S!r}.")
+    if S > T:
+        raise ValueError(
+            f"num_inference_steps ({S}) cannot be larger than num_train_timesteps ({T}): "
+            f"the model only knows {T} noise levels."
+        )
+
+
+def locate_step(timesteps: torch.Tensor, step_index: int | None, begin_index: int | None, timestep) -> int:
+    """Where ``timestep`` sits in the inference grid, for schedulers that keep a step counter (Euler, DPM-Solver).
+
+    On the first call (``step_index is None``) the grid is searched; if ``timestep`` appears twice, the second
+    one is taken, as diffusers does (so a loop that starts mid-grid, as image-to-image does, skips no sigma).
+    ``begin_index`` (set by ``set_begin_index``) overrides the search. Later calls must follow the grid in order.
+    """
+    t = float(timestep)
+    grid = timesteps.tolist()
+    if step_index is None:
+        if begin_index is not None:
+            return begin_index
+        hits = [i for i, g in enumerate(grid) if float(g) == t]
+        if not hits:
+            raise ValueError(
+                f"timestep {timestep!r} is not in this scheduler's grid {_short(grid)}; "
+                "loop over scheduler.timesteps after set_timesteps()."
+            )
+        return hits[1] if len(hits) > 1 else hits[0]
+    if step_index >= len(grid):
+        raise ValueError(
+            f"all {len(grid)} steps of the grid are done; call set_timesteps() again before sampling again."
+        )
+    if float(grid[step_index]) != t:
+        raise ValueError(
+            f"step {step_index} of the grid is t={grid[step_index]}, but got t={t}: loop over scheduler.timesteps "
+            "in order, one step() per timestep (call set_timesteps() again to restart)."
+        )
+    return step_index
+
+
+def _short(grid: list) -> str:
+    return str(grid) if len(grid) <= 8 else f"[{grid[0]}, {grid[1]}, {grid[2]}, ..., {grid[-2]}, {grid[-1]}]"
+
+
 def spaced_timesteps(
     num_inference_steps: int, num_train_timesteps: int, timestep_spacing: str, steps_offset: int = 0
 ) -> torch.Tensor:
@@ -110,13 +177,7 @@ def spaced_timesteps(
     import numpy as np
 
     S, T = num_inference_steps, num_train_timesteps
-    if not isinstance(S, int) or S < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {S!r}.")
-    if S > T:
-        raise ValueError(
-            f"num_inference_steps ({S}) cannot be larger than num_train_timesteps ({T}): "
-            f"the model only knows {T} noise levels."
-        )
+    check_num_inference_steps(S, T)
     check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
     if timestep_spacing == "linspace":
         grid = np.linspace(0, T - 1, S).round()[::-1].copy().astype(np.int64)

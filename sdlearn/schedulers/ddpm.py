@@ -23,6 +23,7 @@ from .base import (
     SchedulerOutput,
     build_noise_tables,
     check_choice,
+    randn,
     spaced_timesteps,
 )
 
@@ -154,9 +155,7 @@ class DDPMScheduler(SchedulerMixinLite):
         x_prev = mean
         if t > 0:
             if variance_noise is None:
-                variance_noise = torch.randn(
-                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-                )
+                variance_noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
             x_prev = mean + self.posterior_variance(t) ** 0.5 * variance_noise
         return SchedulerOutput(prev_sample=x_prev, pred_original_sample=x0_pred)
 
