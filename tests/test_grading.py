@@ -1,0 +1,321 @@
+"""sdlearn.grading: correct answers pass, each planted mistake is caught and named, the grader never raises."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+import pytest
+import torch
+
+from sdlearn import grading
+from sdlearn.grading import EXERCISES, LABELS, CheckFailed, check, run_check
+
+
+def col(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, 1), to scale each image of a batch."""
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# ---------------------------------------------------------------------------- implementations with knobs
+# Each factory's defaults give the correct answer; a keyword plants one mistake.
+def make_forward_step(signal_pow=0.5, noise_pow=0.5, sign=1, swap=False):
+    def forward_step(x_prev, beta_t, eps):
+        a, b = (1 - beta_t) ** signal_pow, beta_t**noise_pow
+        if swap:
+            a, b = beta_t**0.5, (1 - beta_t) ** 0.5
+        return a * x_prev + sign * b * eps
+    return forward_step
+
+
+def make_q_sample(shift=0, signal_pow=0.5, noise_pow=0.5, sign=1, one_step_alpha=False, reshape=True):
+    def q_sample(x0, t, eps, alphas_cumprod):
+        ab = alphas_cumprod[t + shift]
+        if one_step_alpha:
+            prev = torch.where(t > 0, alphas_cumprod[(t - 1).clamp(min=0)], torch.ones_like(ab))
+            ab = ab / prev
+        if reshape:
+            ab = col(ab, x0)
+        return ab**signal_pow * x0 + sign * (1 - ab) ** noise_pow * eps
+    return q_sample
+
+
+def make_cosine_betas(clip=True, use_s=True, power=2, dtype=torch.float32, points="T+1"):
+    import math
+
+    def cosine_betas(num_train_timesteps, s=0.008, max_beta=0.999):
+        T = num_train_timesteps
+        s = s if use_s else 0.0
+        u = torch.linspace(0, 1, T + 1 if points == "T+1" else T, dtype=torch.float64)
+        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** power
+        alpha_bar = f / f[0]
+        betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+        if clip:
+            betas = betas.clamp(max=max_beta)
+        return betas.to(dtype)
+    return cosine_betas
+
+
+def make_predict_x0(shift=0, signal_pow=0.5, noise_pow=0.5, sign=-1, one_step_alpha=False):
+    def predict_x0(x_t, t, eps_pred, alphas_cumprod):
+        ab = alphas_cumprod[t + shift]
+        if one_step_alpha:
+            prev = torch.where(t > 0, alphas_cumprod[(t - 1).clamp(min=0)], torch.ones_like(ab))
+            ab = ab / prev
+        ab = col(ab, x_t)
+        return (x_t + sign * (1 - ab) ** noise_pow * eps_pred) / ab**signal_pow
+    return predict_x0
+
+
+def make_posterior(shift=0, prev_same=False, return_std=False, return_beta=False, x0_pow=0.5, alpha_bar_for_alpha=False,
+                   sign=1):
+    def posterior_mean_variance(x0, x_t, t, betas, alphas_cumprod):
+        i = t + shift
+        beta, ab = betas[i], alphas_cumprod[i]
+        ab_prev = alphas_cumprod[i] if prev_same else alphas_cumprod[i - 1]
+        alpha = ab if alpha_bar_for_alpha else 1 - beta
+        mean = ab_prev**x0_pow * beta / (1 - ab) * x0 + sign * alpha**0.5 * (1 - ab_prev) / (1 - ab) * x_t
+        variance = (1 - ab_prev) / (1 - ab) * beta
+        if return_std:
+            variance = variance.sqrt()
+        if return_beta:
+            variance = beta
+        return mean, variance
+    return posterior_mean_variance
+
+
+def make_simple_loss(shift=0, noise_pow=0.5, feed_x0=False, target_x0=False, reduce="mean", item=False,
+                     per_sample=False, detach=False, l1=False):
+    def simple_loss(model, x0, t, eps, alphas_cumprod):
+        ab = col(alphas_cumprod[t + shift], x0)
+        x_t = ab**0.5 * x0 + (1 - ab) ** noise_pow * eps
+        pred = model(x0 if feed_x0 else x_t, t)
+        err = ((x0 if target_x0 else eps) - pred).abs() ** (1 if l1 else 2)
+        if per_sample:
+            return err.mean(dim=(1, 2, 3))
+        loss = err.mean() if reduce == "mean" else err.sum()
+        if detach:
+            loss = loss.detach()
+        return loss.item() if item else loss
+    return simple_loss
+
+
+def make_ddpm_step(shift=0, noise_at_t0=False, alpha_bar_for_alpha=False, sigma_pow=0.5, sqrt_ab=0.5, sign=-1,
+                   beta_tilde=False, no_noise=False):
+    def ddpm_step(eps_pred, t, x_t, betas, alphas_cumprod, z):
+        i = t + shift
+        beta, ab = betas[i], alphas_cumprod[i]
+        alpha = ab if alpha_bar_for_alpha else 1 - beta
+        mean = (x_t + sign * beta / (1 - ab) ** sqrt_ab * eps_pred) / alpha**0.5
+        if (t == 0 and not noise_at_t0) or no_noise:
+            return mean
+        var = beta
+        if beta_tilde:
+            ab_prev = alphas_cumprod[i - 1] if i > 0 else torch.ones_like(ab)
+            var = (1 - ab_prev) / (1 - ab) * beta
+        return mean + var**sigma_pow * z
+    return ddpm_step
+
+
+CORRECT = {
+    "ch01.forward_step": make_forward_step(),
+    "ch01.q_sample": make_q_sample(),
+    "ch01.cosine_betas": make_cosine_betas(),
+    "ch02.predict_x0": make_predict_x0(),
+    "ch02.posterior_mean_variance": make_posterior(),
+    "ch02.simple_loss": make_simple_loss(),
+    "ch02.ddpm_step": make_ddpm_step(),
+}
+
+# (exercise, implementation with one planted mistake, what the feedback must say)
+MISTAKES = [
+    ("ch01.forward_step", make_forward_step(noise_pow=1.0), "variance_for_std"),
+    ("ch01.forward_step", make_forward_step(signal_pow=1.0), "missing_sqrt"),
+    ("ch01.forward_step", make_forward_step(sign=-1), "wrong_sign"),
+    ("ch01.forward_step", make_forward_step(swap=True), "swapped"),
+    ("ch01.q_sample", make_q_sample(shift=-1), "off_by_one"),
+    ("ch01.q_sample", make_q_sample(shift=1), "off_by_one"),  # raises IndexError at t = T - 1
+    ("ch01.q_sample", make_q_sample(signal_pow=1.0), "missing_sqrt"),
+    ("ch01.q_sample", make_q_sample(noise_pow=1.0), "variance_for_std"),
+    ("ch01.q_sample", make_q_sample(one_step_alpha=True), "alpha_vs_alpha_bar"),
+    ("ch01.q_sample", make_q_sample(sign=-1), "wrong_sign"),
+    ("ch01.q_sample", make_q_sample(reshape=False), "broadcast"),
+    ("ch01.cosine_betas", make_cosine_betas(clip=False), "no_clip"),
+    ("ch01.cosine_betas", make_cosine_betas(use_s=False), "missing_offset"),
+    ("ch01.cosine_betas", make_cosine_betas(power=1), "not_squared"),
+    ("ch01.cosine_betas", make_cosine_betas(dtype=torch.float64), "dtype"),
+    ("ch01.cosine_betas", make_cosine_betas(points="T"), "T + 1 values"),
+    ("ch02.predict_x0", make_predict_x0(shift=-1), "off_by_one"),
+    ("ch02.predict_x0", make_predict_x0(shift=1), "off_by_one"),
+    ("ch02.predict_x0", make_predict_x0(signal_pow=1.0), "missing_sqrt"),
+    ("ch02.predict_x0", make_predict_x0(noise_pow=1.0), "variance_for_std"),
+    ("ch02.predict_x0", make_predict_x0(one_step_alpha=True), "alpha_vs_alpha_bar"),
+    ("ch02.predict_x0", make_predict_x0(sign=1), "wrong_sign"),
+    ("ch02.posterior_mean_variance", make_posterior(shift=-1), "off_by_one"),
+    ("ch02.posterior_mean_variance", make_posterior(prev_same=True), "off_by_one"),
+    ("ch02.posterior_mean_variance", make_posterior(return_std=True), "std_for_variance"),
+    ("ch02.posterior_mean_variance", make_posterior(return_beta=True), "beta_for_beta_tilde"),
+    ("ch02.posterior_mean_variance", make_posterior(x0_pow=1.0), "missing_sqrt"),
+    ("ch02.posterior_mean_variance", make_posterior(alpha_bar_for_alpha=True), "alpha_vs_alpha_bar"),
+    ("ch02.posterior_mean_variance", make_posterior(sign=-1), "wrong_sign"),
+    ("ch02.posterior_mean_variance", make_posterior(shift=1), "off_by_one"),
+    ("ch02.simple_loss", make_simple_loss(shift=-1), "off_by_one"),
+    ("ch02.simple_loss", make_simple_loss(noise_pow=1.0), "variance_for_std"),
+    ("ch02.simple_loss", make_simple_loss(feed_x0=True), "model_input"),
+    ("ch02.simple_loss", make_simple_loss(target_x0=True), "wrong_target"),
+    ("ch02.simple_loss", make_simple_loss(reduce="sum"), "sum_for_mean"),
+    ("ch02.simple_loss", make_simple_loss(item=True), "no .item()"),
+    ("ch02.simple_loss", make_simple_loss(l1=True), "not_squared_error"),
+    ("ch02.simple_loss", make_simple_loss(per_sample=True), "one number"),
+    ("ch02.simple_loss", make_simple_loss(detach=True), "no gradient"),
+    ("ch02.ddpm_step", make_ddpm_step(noise_at_t0=True), "noise_at_t0"),
+    ("ch02.ddpm_step", make_ddpm_step(alpha_bar_for_alpha=True), "alpha_vs_alpha_bar"),
+    ("ch02.ddpm_step", make_ddpm_step(sigma_pow=1.0), "variance_for_std"),
+    ("ch02.ddpm_step", make_ddpm_step(sqrt_ab=1.0), "missing_sqrt"),
+    ("ch02.ddpm_step", make_ddpm_step(shift=-1), "off_by_one"),
+    ("ch02.ddpm_step", make_ddpm_step(shift=1), "off_by_one"),
+    ("ch02.ddpm_step", make_ddpm_step(sign=1), "wrong_sign"),
+    ("ch02.ddpm_step", make_ddpm_step(beta_tilde=True), "beta_tilde_for_beta"),
+    ("ch02.ddpm_step", make_ddpm_step(no_noise=True), "missing_noise"),
+]
+
+
+def expected_text(key: str) -> str:
+    """A mistake key of grading.LABELS becomes the exact 'likely mistake (...)' phrase; other keys are plain text."""
+    return f"likely mistake ({LABELS[key]})" if key in LABELS else key
+
+
+# ---------------------------------------------------------------------------- tests
+def test_every_exercise_has_metadata_and_a_check():
+    assert set(EXERCISES) == set(grading.CHECKS)
+    assert set(EXERCISES) == set(CORRECT)
+    for exercise_id, ex in EXERCISES.items():
+        assert ex.chapter == int(exercise_id[2:4])
+        assert ex.points > 0 and ex.equation and ex.formula and ex.signature
+        assert grading.CHECKS[exercise_id].__doc__, f"{exercise_id}'s check needs a docstring naming its equation"
+
+
+@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
+def test_correct_implementation_passes(exercise_id, capsys):
+    check(exercise_id, CORRECT[exercise_id])
+    assert f"✓ {exercise_id}: all checks passed" in capsys.readouterr().out
+    assert run_check(exercise_id, CORRECT[exercise_id]) == (True, f"✓ {exercise_id}: all checks passed")
+
+
+@pytest.mark.parametrize("exercise_id, fn, expected", MISTAKES,
+                         ids=[f"{e}-{k}-{i}" for i, (e, _, k) in enumerate(MISTAKES)])
+def test_planted_mistake_is_caught_and_named(exercise_id, fn, expected):
+    with pytest.raises(CheckFailed) as info:
+        check(exercise_id, fn)
+    message = str(info.value)
+    assert isinstance(info.value, AssertionError)
+    assert EXERCISES[exercise_id].equation in message
+    assert expected_text(expected) in message, message
+    passed, feedback = run_check(exercise_id, fn)
+    assert not passed and feedback == message
+
+
+def test_noise_at_last_step_mentions_t0():
+    _, feedback = run_check("ch02.ddpm_step", make_ddpm_step(noise_at_t0=True))
+    assert "t = 0" in feedback and "last step" in feedback
+
+
+@pytest.mark.parametrize("exercise_id", sorted(EXERCISES))
+def test_not_implemented_says_not_written(exercise_id):
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+    passed, feedback = run_check(exercise_id, stub)
+    assert not passed and "not written this exercise yet" in feedback
+
+
+def test_exceptions_are_shown_with_type_message_and_line():
+    def crashes(x_t, t, eps_pred, alphas_cumprod):
+        raise ValueError("boom")
+    passed, feedback = run_check("ch02.predict_x0", crashes)
+    assert not passed and "ValueError: boom" in feedback and 'raise ValueError("boom")' in feedback
+
+
+def test_generic_failures_shape_dtype_nan_not_tensor_in_place():
+    cases = {
+        "shape": lambda x_t, t, e, ab: x_t[:, 0],
+        "dtype": lambda x_t, t, e, ab: make_predict_x0()(x_t, t, e, ab).double(),
+        "NaN": lambda x_t, t, e, ab: x_t * float("nan"),
+        "torch.Tensor": lambda x_t, t, e, ab: x_t.numpy(),
+    }
+    for keyword, fn in cases.items():
+        passed, feedback = run_check("ch02.predict_x0", fn)
+        assert not passed and keyword in feedback, (keyword, feedback)
+
+    def in_place(x_t, t, eps_pred, alphas_cumprod):
+        ab = col(alphas_cumprod[t], x_t)
+        x_t -= (1 - ab).sqrt() * eps_pred
+        return x_t / ab.sqrt()
+    passed, feedback = run_check("ch02.predict_x0", in_place)
+    assert not passed and "in place" in feedback
+
+    passed, feedback = run_check("ch02.posterior_mean_variance", lambda *a: make_posterior()(*a)[0])
+    assert not passed and "pair (mean, variance)" in feedback
+
+
+def test_run_check_never_raises():
+    def exits(*args):
+        raise SystemExit(3)
+
+    def type_error(*args):
+        return None + 1
+
+    for exercise_id, fn in [("no.such.exercise", CORRECT["ch02.predict_x0"]), ("ch02.ddpm_step", None),
+                            ("ch02.ddpm_step", exits), ("ch02.ddpm_step", type_error), ("ch02.simple_loss", print),
+                            ("ch01.cosine_betas", lambda T: "betas")]:
+        passed, feedback = run_check(exercise_id, fn)
+        assert passed is False and isinstance(feedback, str) and feedback
+    assert "no.such.exercise" in run_check("no.such.exercise", print)[1]
+
+
+def test_feedback_never_shows_reference_code():
+    """Feedback quotes the learner's own line and the math, never a line of grading.py's code."""
+    code_lines = [line.strip() for line in inspect.getsource(grading).splitlines()
+                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
+    code_lines = [line for line in code_lines if len(line) > 15]
+    assert len(code_lines) > 50
+    for exercise_id, fn, _ in MISTAKES:
+        _, feedback = run_check(exercise_id, fn)
+        leaked = [line for line in code_lines if line in feedback]
+        assert not leaked, (exercise_id, leaked)
+
+
+def test_grading_computes_references_itself():
+    """The grader runs with sdlearn's reference code unavailable: grading.py imports no other sdlearn module."""
+    tree = ast.parse(inspect.getsource(grading))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not (node.module or "").startswith("sdlearn"), ast.dump(node)
+        if isinstance(node, ast.Import):
+            assert all(not a.name.startswith("sdlearn") for a in node.names)
+
+
+def test_library_functions_pass_the_checks():
+    """sdlearn's own implementations agree with grading's first-principles references."""
+    from sdlearn.schedulers import DDPMScheduler
+    from sdlearn.schedulers.ddpm import add_noise, predicted_original
+
+    def q_sample(x0, t, eps, alphas_cumprod):
+        return add_noise(alphas_cumprod, x0, eps, t)
+
+    def predict_x0(x_t, t, eps_pred, alphas_cumprod):
+        return predicted_original(eps_pred, x_t, col(alphas_cumprod[t], x_t), "epsilon")
+
+    def ddpm_step(eps_pred, t, x_t, betas, alphas_cumprod, z):
+        T = len(betas)
+        for config in (dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
+                       dict(beta_schedule="linear", beta_start=0.01, beta_end=0.3),
+                       dict(beta_schedule="squaredcos_cap_v2")):
+            scheduler = DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large", clip_sample=False, **config)
+            if torch.allclose(scheduler.betas.double(), betas.double()):
+                scheduler.betas, scheduler.alphas_cumprod = betas, alphas_cumprod  # the caller's dtype
+                return scheduler.step(eps_pred, t, x_t, variance_noise=z).prev_sample
+        raise AssertionError("no scheduler config matches these betas")
+
+    check("ch01.q_sample", q_sample)
+    check("ch02.predict_x0", predict_x0)
+    check("ch02.ddpm_step", ddpm_step)
