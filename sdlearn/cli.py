@@ -1,6 +1,6 @@
 """Command line: ``python -m sdlearn <command>`` (what the Makefile calls, and Windows users type).
 
-Commands: course, test, lab, exercises, release, gpu-check, train, train-classifier.
+Commands: course, test, lab, exercises, release, grade, gpu-check, train, train-classifier.
 """
 
 from __future__ import annotations
@@ -141,6 +141,14 @@ def cmd_release(args) -> int:
     return 0
 
 
+def cmd_grade(args) -> int:
+    """Grade completed student notebooks: each exercise in its own process; table, and JSON/CSV for gradebooks."""
+    from .grader import run_grade_command
+
+    return run_grade_command(args.notebooks, json_path=args.json, csv_path=args.csv, timeout=args.timeout,
+                             jobs=args.jobs)
+
+
 def cmd_gpu_check(args) -> int:
     """Benchmarks, then every chapter in full mode (SDLEARN_FAST=0), with times.
 
@@ -248,6 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", metavar="NOTEBOOK_OR_FOLDER")
     p.add_argument("--out", required=True, help="folder for the student copies")
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("grade", help="grade completed student notebooks (each exercise in its own process, with a "
+                                     "time limit) -> table; --json/--csv for gradebooks")
+    p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK_OR_FOLDER",
+                   help="completed notebooks, or folders of them (searched recursively)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write per notebook, per exercise score and max_score")
+    p.add_argument("--csv", default=None, metavar="FILE", help="write one row per notebook, one column per exercise")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="time limit of one exercise")
+    p.add_argument("--jobs", type=int, default=1, help="exercises graded at the same time")
+    p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("gpu-check", help="on a CUDA machine: benchmarks and every chapter in full mode, timed")
     p.add_argument("--benchmarks", default="benchmarks", help="folder of benchmark scripts (each *.py is run)")

@@ -175,9 +175,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, atol: float | N
 
 def _learner_line(e: BaseException) -> str:
     """Where in the learner's code the exception happened (their own line, never ours)."""
-    here = os.path.abspath(__file__)
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) != here]
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not os.path.abspath(f.filename).startswith(package)]
     frames = [f for f in frames if "site-packages" not in f.filename] or frames
+    cells = [f for f in frames if f.filename.startswith("<") or "ipykernel" in f.filename]  # notebook cells
+    frames = cells or frames
     if not frames:
         return ""
     f = frames[-1]
