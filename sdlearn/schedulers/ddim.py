@@ -31,7 +31,7 @@ from .base import (
     randn,
     spaced_timesteps,
 )
-from .ddpm import _check_step_inputs, _check_timesteps, _expand, add_noise, predicted_original
+from .ddpm import DDPMScheduler, _check_step_inputs, predicted_original
 
 
 def predicted_noise(model_output, sample, alpha_bar_t, prediction_type: str) -> torch.Tensor:
@@ -209,11 +209,6 @@ class DDIMScheduler(SchedulerMixinLite):
         x_prev = ddim_update(x0_pred, eps_pred, alpha_bar_prev, std_dev_t, noise)
         return SchedulerOutput(prev_sample=x_prev, pred_original_sample=x0_pred)
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Sample q(x_t | x_0) in closed form (DDPM eq. 4; DDIM eq. 4 in its own notation)."""
-        return add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The v-prediction target (Salimans & Ho 2022): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
-        alpha_bar = self.alphas_cumprod.to(sample.device)[_check_timesteps(timesteps, len(self.alphas_cumprod), sample)]
-        return _expand(alpha_bar**0.5, sample) * noise - _expand((1 - alpha_bar) ** 0.5, sample) * sample
+    # The forward process q(x_t | x_0) is DDPM's (DDIM eq. 4 in its own notation): the same methods.
+    add_noise = DDPMScheduler.add_noise
+    get_velocity = DDPMScheduler.get_velocity
