@@ -96,6 +96,20 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "ch02.simple_loss": ("sdlearn.train:diffusion_loss",),
     "ch02.ddpm_step": ("sdlearn.schedulers.ddpm:DDPMScheduler.posterior_variance", *_STEPS),
 }
+# Chapter 6: the DDIM update (eq. 12) and sigma (eq. 16), the spacing grids, and the Euler step.
+_SET_TIMESTEPS = (
+    "sdlearn.schedulers.base:spaced_timesteps",
+    "sdlearn.schedulers.ddpm:DDPMScheduler.set_timesteps",
+    "sdlearn.schedulers.ddim:DDIMScheduler.set_timesteps",
+    "sdlearn.schedulers.euler:EulerDiscreteScheduler.set_timesteps",
+    "sdlearn.schedulers.dpmsolver:DPMSolverMultistepScheduler.set_timesteps",
+)
+REFERENCES.update({
+    "ch06.ddim_step": ("sdlearn.schedulers.ddim:ddim_update", "sdlearn.schedulers.ddim:ddim_sigma",
+                       "sdlearn.inversion:ddim_invert", "sdlearn.inversion:ddim_reconstruct", *_STEPS),
+    "ch06.timestep_grid": (*_SET_TIMESTEPS, "sdlearn.samplers_viz:previous_timesteps"),
+    "ch06.euler_step": (*_STEPS,),
+})
 BLOCKED_PACKAGES = ("diffusers",)  # whole libraries that implement the exercises
 
 _PROTOCOL = "@@sdlearn-grader@@ "  # marks the grading process's answers among anything else it prints

@@ -106,6 +106,57 @@ def ddpm_step(eps_pred, t, x_t, betas, alphas_cumprod, z):
 """, False),
 }
 
+# Chapter 6 (DDIM and the samplers).
+WRONG_CH06 = {
+    "ch06.ddim_step": ("""
+def ddim_step(eps_pred, x_t, alpha_bar_t, alpha_bar_prev, eta, noise):
+    alpha_t = alpha_bar_t / alpha_bar_prev  # planted: DDPM's one-step alpha where the DDIM paper's alpha (= alpha_bar) belongs
+    x0_pred = (x_t - (1 - alpha_t).sqrt() * eps_pred) / alpha_t.sqrt()
+    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+    return alpha_bar_prev.sqrt() * x0_pred + (1 - alpha_bar_prev - sigma**2).sqrt() * eps_pred + sigma * noise
+""", "alpha_vs_alpha_bar"),
+    "ch06.timestep_grid": ("""
+def timestep_grid(num_inference_steps, num_train_timesteps, spacing):
+    S, T = num_inference_steps, num_train_timesteps
+    k = torch.arange(S, dtype=torch.float64)
+    if spacing == "leading":
+        grid = k * (T // S)
+    elif spacing == "trailing":
+        grid = torch.round(T - k * T / S)  # planted: the - 1 is missing
+    else:
+        grid = torch.round(k * (T - 1) / max(S - 1, 1))
+    return grid.long().sort(descending=True).values
+""", "off_by_one"),
+    "ch06.euler_step": ("""
+def euler_step(x, sigma, sigma_next, eps_pred):
+    return x + (sigma_next**2 - sigma**2) * eps_pred  # planted: sigma^2 where sigma belongs
+""", "variance_for_std"),
+}
+REFERENCE_ANSWERS_CH06 = {
+    "ch06.ddim_step": ("""
+from sdlearn.schedulers.ddim import ddim_sigma, ddim_update
+def ddim_step(eps_pred, x_t, alpha_bar_t, alpha_bar_prev, eta, noise):
+    x0_pred = (x_t - (1 - alpha_bar_t).sqrt() * eps_pred) / alpha_bar_t.sqrt()
+    return ddim_update(x0_pred, eps_pred, alpha_bar_prev, ddim_sigma(alpha_bar_t, alpha_bar_prev, eta), noise)
+""", True),
+    "ch06.timestep_grid": ("""
+from sdlearn.schedulers.base import spaced_timesteps
+def timestep_grid(num_inference_steps, num_train_timesteps, spacing):
+    return spaced_timesteps(num_inference_steps, num_train_timesteps, spacing)
+""", True),
+    "ch06.euler_step": ("""
+from sdlearn.schedulers import EulerDiscreteScheduler
+def euler_step(x, sigma, sigma_next, eps_pred):
+    scheduler = EulerDiscreteScheduler()
+    scheduler.set_timesteps(1)
+    scheduler.sigmas = torch.stack([sigma, sigma_next]).float()
+    scheduler.scale_model_input(x, scheduler.timesteps[0])
+    return scheduler.step(eps_pred, scheduler.timesteps[0], x).prev_sample.to(x.dtype)
+""", False),
+}
+WRONG.update(WRONG_CH06)
+REFERENCE_ANSWERS.update(REFERENCE_ANSWERS_CH06)
+
 
 @pytest.fixture(scope="module")
 def pool():

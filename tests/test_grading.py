@@ -319,3 +319,160 @@ def test_library_functions_pass_the_checks():
     check("ch01.q_sample", q_sample)
     check("ch02.predict_x0", predict_x0)
     check("ch02.ddpm_step", ddpm_step)
+
+
+# ============================================================================ chapter 6 (DDIM and the samplers)
+def make_ddim_step(x0_pow=0.5, prev_pow=0.5, dir_pow=0.5, x0_sign=-1, noise_sign=1, noise_pow=1, sigma_sq=True,
+                   sigma_pow=0.5, one_step_alpha=False, add_noise=True, dir_sigma=True, fixed_eta=None,
+                   swap_ratio=False, one_factor=False):
+    def ddim_step(eps_pred, x_t, alpha_bar_t, alpha_bar_prev, eta, noise):
+        eta = eta if fixed_eta is None else fixed_eta
+        ab, abp = alpha_bar_t, alpha_bar_prev
+        ab_x0 = ab / abp if one_step_alpha else ab  # the trap: DDPM's one-step alpha where the DDIM paper means alpha_bar
+        x0_pred = (x_t + x0_sign * (1 - ab_x0).sqrt() * eps_pred) / ab_x0**x0_pow  # DDPM eq. 15
+        ratio = (1 - ab) / (1 - abp) if swap_ratio else (1 - abp) / (1 - ab)
+        variance = ratio if one_factor else ratio * (1 - ab / abp)
+        sigma = eta * variance**sigma_pow  # eq. 16
+        taken = (sigma**2 if sigma_sq else sigma) if dir_sigma else 0.0
+        x_prev = abp**prev_pow * x0_pred + (1 - abp - taken).clamp(min=0) ** dir_pow * eps_pred  # eq. 12
+        return x_prev + noise_sign * sigma**noise_pow * noise if add_noise else x_prev
+    return ddim_step
+
+
+def make_timestep_grid(ascending=False, trailing_minus_one=True, leading_true_division=False, leading_offset=0,
+                       linspace_to=None, dtype=torch.int64):
+    def timestep_grid(num_inference_steps, num_train_timesteps, spacing):
+        S, T = num_inference_steps, num_train_timesteps
+        k = torch.arange(S, dtype=torch.float64)
+        if spacing == "leading":
+            ratio = T / S if leading_true_division else T // S
+            grid = (k * ratio).round() + leading_offset
+        elif spacing == "trailing":
+            grid = (T - k * T / S).round() - (1 if trailing_minus_one else 0)
+        elif spacing == "linspace":
+            grid = torch.linspace(0, (T - 1) if linspace_to is None else linspace_to(T), S, dtype=torch.float64).round()
+        else:
+            raise ValueError(spacing)
+        grid = grid.sort(descending=not ascending).values
+        return grid.to(dtype)
+    return timestep_grid
+
+
+def make_euler_step(sigma_pow=1, reverse=False, scale_input=False, to_x0=False):
+    def euler_step(x, sigma, sigma_next, eps_pred):
+        if to_x0:
+            return x - sigma * eps_pred  # x0_pred: all the way to sigma = 0
+        x_in = x / (sigma**2 + 1).sqrt() if scale_input else x
+        ds = sigma**sigma_pow - sigma_next**sigma_pow if reverse else sigma_next**sigma_pow - sigma**sigma_pow
+        return x_in + ds * eps_pred  # d = (x - x0_pred) / sigma = eps_pred for epsilon prediction
+    return euler_step
+
+
+CH06_CORRECT = {
+    "ch06.ddim_step": make_ddim_step(),
+    "ch06.timestep_grid": make_timestep_grid(),
+    "ch06.euler_step": make_euler_step(),
+}
+CORRECT.update(CH06_CORRECT)  # test_every_exercise_has_metadata_and_a_check compares EXERCISES with CORRECT
+
+CH06_MISTAKES = [
+    ("ch06.ddim_step", make_ddim_step(one_step_alpha=True), "alpha_vs_alpha_bar"),
+    ("ch06.ddim_step", make_ddim_step(x0_pow=1.0), "missing_sqrt"),
+    ("ch06.ddim_step", make_ddim_step(prev_pow=1.0), "missing_sqrt"),
+    ("ch06.ddim_step", make_ddim_step(dir_pow=1.0), "missing_sqrt"),
+    ("ch06.ddim_step", make_ddim_step(x0_sign=1), "wrong_sign"),
+    ("ch06.ddim_step", make_ddim_step(noise_sign=-1), "wrong_sign"),
+    ("ch06.ddim_step", make_ddim_step(noise_pow=2), "variance_for_std"),
+    ("ch06.ddim_step", make_ddim_step(sigma_pow=1.0), "variance_for_std"),
+    ("ch06.ddim_step", make_ddim_step(sigma_sq=False), "std_for_variance"),
+    ("ch06.ddim_step", make_ddim_step(dir_sigma=False), "direction_without_sigma"),
+    ("ch06.ddim_step", make_ddim_step(add_noise=False), "missing_noise"),
+    ("ch06.ddim_step", make_ddim_step(fixed_eta=1.0), "ignored_argument"),
+    ("ch06.ddim_step", make_ddim_step(swap_ratio=True), "swapped"),
+    ("ch06.ddim_step", make_ddim_step(one_factor=True), "missing_coefficient"),
+    ("ch06.timestep_grid", make_timestep_grid(ascending=True), "ascending"),
+    ("ch06.timestep_grid", make_timestep_grid(trailing_minus_one=False), "off_by_one"),
+    ("ch06.timestep_grid", make_timestep_grid(leading_true_division=True), "true_division"),
+    ("ch06.timestep_grid", make_timestep_grid(leading_offset=1), "off_by_one"),
+    ("ch06.timestep_grid", make_timestep_grid(linspace_to=lambda T: T), "off_by_one"),
+    ("ch06.timestep_grid", make_timestep_grid(dtype=torch.float32), "LongTensor"),
+    ("ch06.euler_step", make_euler_step(sigma_pow=2), "variance_for_std"),
+    ("ch06.euler_step", make_euler_step(reverse=True), "reversed_difference"),
+    ("ch06.euler_step", make_euler_step(scale_input=True), "scaled_input"),
+    ("ch06.euler_step", make_euler_step(to_x0=True), "x0_for_step"),
+]
+
+
+@pytest.mark.parametrize("exercise_id", sorted(CH06_CORRECT))
+def test_ch06_correct_implementation_passes(exercise_id, capsys):
+    check(exercise_id, CH06_CORRECT[exercise_id])
+    assert f"✓ {exercise_id}: all checks passed" in capsys.readouterr().out
+    assert run_check(exercise_id, CH06_CORRECT[exercise_id])[0]
+
+
+@pytest.mark.parametrize("exercise_id, fn, expected", CH06_MISTAKES,
+                         ids=[f"{e}-{k}-{i}" for i, (e, _, k) in enumerate(CH06_MISTAKES)])
+def test_ch06_planted_mistake_is_caught_and_named(exercise_id, fn, expected):
+    with pytest.raises(CheckFailed) as info:
+        check(exercise_id, fn)
+    message = str(info.value)
+    assert EXERCISES[exercise_id].equation in message
+    assert expected_text(expected) in message, message
+    assert run_check(exercise_id, fn) == (False, message)
+
+
+def test_ch06_feedback_never_shows_reference_code():
+    code_lines = [line.strip() for line in inspect.getsource(grading).splitlines()
+                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
+    code_lines = [line for line in code_lines if len(line) > 15]
+    for exercise_id, fn, _ in CH06_MISTAKES:
+        _, feedback = run_check(exercise_id, fn)
+        assert not [line for line in code_lines if line in feedback], exercise_id
+
+
+def test_ch06_alpha_trap_feedback_names_the_ddim_paper():
+    _, feedback = run_check("ch06.ddim_step", make_ddim_step(one_step_alpha=True))
+    assert "DDIM paper's alpha_t is DDPM's alpha_bar_t" in feedback
+
+
+def test_ch06_grid_cases_match_sdlearn_and_have_no_rounding_ties():
+    """The check's own grids agree with sdlearn's (diffusers-parity-tested) grids, and every case avoids x.5 values,
+    so any correct rounding (half to even, half up) passes."""
+    from sdlearn.schedulers.base import spaced_timesteps
+
+    for S, T, spacing in grading.GRID_CASES:
+        assert spaced_timesteps(S, T, spacing).tolist() == grading._reference_grid(S, T, spacing)
+        if spacing == "trailing":
+            raw = [T - k * T / S for k in range(S)]
+        elif spacing == "linspace" and S > 1:
+            raw = [k * (T - 1) / (S - 1) for k in range(S)]
+        else:
+            raw = []
+        assert all(abs(v - int(v) - 0.5) > 1e-3 for v in raw), (S, T, spacing)
+
+
+def test_ch06_library_functions_pass_the_checks():
+    """sdlearn's DDIM pieces, its grid and its Euler scheduler agree with grading's first-principles references."""
+    from sdlearn.schedulers import EulerDiscreteScheduler
+    from sdlearn.schedulers.base import spaced_timesteps
+    from sdlearn.schedulers.ddim import ddim_sigma, ddim_update
+    from sdlearn.schedulers.ddpm import predicted_original
+
+    def ddim_step(eps_pred, x_t, alpha_bar_t, alpha_bar_prev, eta, noise):
+        x0_pred = predicted_original(eps_pred, x_t, alpha_bar_t, "epsilon")
+        return ddim_update(x0_pred, eps_pred, alpha_bar_prev, ddim_sigma(alpha_bar_t, alpha_bar_prev, eta), noise)
+
+    def euler_step(x, sigma, sigma_next, eps_pred):
+        scheduler = EulerDiscreteScheduler()
+        scheduler.set_timesteps(1)
+        scheduler.sigmas = torch.stack([sigma, sigma_next]).to(torch.float32)  # a one-step grid from sigma to sigma_next
+        scheduler.scale_model_input(x, scheduler.timesteps[0])
+        return scheduler.step(eps_pred, scheduler.timesteps[0], x).prev_sample
+
+    check("ch06.ddim_step", ddim_step)
+    check("ch06.timestep_grid", lambda S, T, spacing: spaced_timesteps(S, T, spacing))
+    # the scheduler works in float32, so check it on the float32 cases only
+    x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    for sigma, sigma_next in ((80.0, 40.0), (1.5, 0.0)):
+        got = euler_step(x, torch.tensor(sigma), torch.tensor(sigma_next), eps)
+        torch.testing.assert_close(got, make_euler_step()(x, torch.tensor(sigma), torch.tensor(sigma_next), eps))
