@@ -205,7 +205,7 @@ def cmd_evaluate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report, samples = evaluate(args.name, num_samples=args.num_samples, num_inference_steps=args.steps,
-                               seed=args.seed, progress=not args.no_progress)
+                               seed=args.seed, progress=not args.no_progress, batch_size=args.batch_size)
     print(json.dumps(report, indent=2))
     folder = args.name if os.path.isdir(args.name) else os.path.join(os.path.dirname(__file__), "pretrained", args.name)
     if args.write:
@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=256)
     p.add_argument("--steps", type=int, default=1000, help="DDPM inference steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="samples per batch (the samples depend on it)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--machine", default="a 2-core CPU (no GPU)", help="described in the model card")
     p.add_argument("--no-write", dest="write", action="store_false",
