@@ -35,7 +35,7 @@ from .base import (
     spaced_timesteps,
 )
 from .ddpm import _check_step_inputs, _expand
-from .euler import FINAL_SIGMAS_TYPES, final_sigma, grid_sigmas, sigmas_from_alpha_bar, zero_snr_safe
+from .euler import FINAL_SIGMAS_TYPES, EulerDiscreteScheduler, final_sigma, grid_sigmas, sigmas_from_alpha_bar, zero_snr_safe
 
 ALGORITHM_TYPES = ("dpmsolver++",)
 SOLVER_TYPES = ("midpoint", "heun")
@@ -127,14 +127,9 @@ class DPMSolverMultistepScheduler(SchedulerMixinLite):
         self._step_index: int | None = None
         self._begin_index: int | None = None
 
-    @property
-    def step_index(self) -> int | None:
-        """How many steps of the current grid are done (None before the first one)."""
-        return self._step_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the loop at grid position ``begin_index`` (image-to-image starts part-way down the grid)."""
-        self._begin_index = begin_index
+    # The step counter works as Euler's does: the same property and method.
+    step_index = EulerDiscreteScheduler.step_index
+    set_begin_index = EulerDiscreteScheduler.set_begin_index
 
     # ------------------------------------------------------------------ grid
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
