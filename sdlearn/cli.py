@@ -15,13 +15,9 @@ import time
 def cmd_train(args) -> int:
     import torch
 
-    from .data import load_digits
     from .device import get_device
-    from .pipelines import DDPMPipeline
     from .recipes import get_recipe
-    from .schedulers import DDPMScheduler
-    from .train import train
-    from .unet import UNet
+    from .shipping import export_model, train_recipe
 
     recipe = get_recipe(args.name)
     config = recipe.train
@@ -30,18 +26,14 @@ def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
-    torch.manual_seed(config.seed)  # weight initialisation
-    unet = UNet(recipe.unet).to(device)
-    scheduler = DDPMScheduler(**recipe.scheduler)
-    images = load_digits("train").images
     run_dir = args.run_dir or os.path.join("runs", recipe.name)
     started = time.time()
-    result = train(unet, scheduler, images, config, run_dir=run_dir, progress=not args.no_progress)
+    result = train_recipe(recipe.name, run_dir, config, device, progress=not args.no_progress)
     print(f"trained {recipe.name} to step {result.step} in {time.time() - started:.0f} s this session on {device}; "
           f"checkpoints in {run_dir}")
     if args.export:
-        DDPMPipeline(result.ema_model.cpu(), scheduler).save_pretrained(args.export)
-        print(f"EMA pipeline written to {args.export}")
+        export_model(recipe.name, result.ema_model, args.export)
+        print(f"EMA weights written to {args.export}")
     return 0
 
 
@@ -186,7 +178,7 @@ def cmd_gpu_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .evaluate import export_run
+    from .shipping import export_run
 
     out = args.out or os.path.join(os.path.dirname(__file__), "pretrained", args.name)
     info = export_run(args.name, args.run_dir or os.path.join("runs", args.name), out)

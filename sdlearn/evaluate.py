@@ -6,42 +6,21 @@ Frechet distance to the 500 held-out digits is reported next to the real-vs-real
 digits against the same 500 held-out ones).
 
     python -m sdlearn evaluate mnist-ddpm            # writes sdlearn/pretrained/mnist-ddpm/quality.json
-    python -m sdlearn export mnist-ddpm              # EMA weights of runs/mnist-ddpm -> sdlearn/pretrained/mnist-ddpm
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import torch
 
-from .checkpoint import PRETRAINED_DIR, load_training_checkpoint
 from .data import load_digits
 from .metrics import DigitClassifier, classify, digit_report, frechet_distance
 from .pipelines import DDPMPipeline
 from .recipes import get_recipe
-from .schedulers import DDPMScheduler
-from .unet import UNet
 
 BAR = {"confident_share": 0.90, "min_class_share": 0.05}
-
-
-def export_run(name: str, run_dir: str, out: str, dtype: torch.dtype = torch.float16) -> dict:
-    """Write the EMA weights of the last checkpoint in ``run_dir`` as a pipeline folder (fp16 by default: half the size)."""
-    found = load_training_checkpoint(run_dir)
-    if found is None:
-        raise FileNotFoundError(f"{run_dir!r} holds no checkpoint; train first: python -m sdlearn train {name}")
-    tensors, state = found
-    recipe = get_recipe(name)
-    unet = UNet(recipe.unet)
-    unet.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-    DDPMPipeline(unet.to(dtype), DDPMScheduler(**recipe.scheduler)).save_pretrained(out)
-    info = {"step": state["step"], "train_config": state["config"], "dtype": str(dtype).replace("torch.", "")}
-    with open(os.path.join(out, "training.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    return info
 
 
 @torch.no_grad()

@@ -160,11 +160,16 @@ def _unpack(tensors: dict, model, ema: EMA, optimizer, generator: torch.Generato
 
 
 def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: TrainConfig,
-          run_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True) -> TrainResult:
+          run_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
+          loss_fn=None, data_range: tuple[float, float] | None = (-1.0, 1.0)) -> TrainResult:
     """Train ``model`` to predict the scheduler's target from x_t; returns the model, its EMA and the loss curve.
 
     ``images``: the training set, (N, C, H, W) in [-1, 1]. With ``run_dir``, checkpoints are written
     there and, if ``resume``, a run already there continues from its last checkpoint.
+
+    The same loop trains other models: ``loss_fn(model, x0, generator) -> loss`` replaces the diffusion
+    loss (the VAE passes ``sdlearn.vae.VAELoss``; a dataclass, so its settings are saved and checked on
+    resume), and ``data_range=None`` accepts data outside [-1, 1] (latent diffusion trains on scaled latents).
     """
     from tqdm.auto import tqdm
 
@@ -172,8 +177,16 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}.")
     if not torch.isfinite(images).all():
         raise ValueError("images contain NaN or inf; check the data loading before training.")
-    if images.min() < -1.001 or images.max() > 1.001:
-        raise ValueError("images must be scaled to [-1, 1] (DDPM's data range); see sdlearn.data.to_model_range.")
+    if data_range is not None and (images.min() < data_range[0] - 1e-3 or images.max() > data_range[1] + 1e-3):
+        raise ValueError(f"images must be scaled to [{data_range[0]:g}, {data_range[1]:g}] (DDPM's data range); "
+                         "see sdlearn.data.to_model_range. Latents: pass data_range=None.")
+    if loss_fn is None:
+        if scheduler is None:
+            raise ValueError("pass a noise scheduler (the diffusion loss needs one) or a loss_fn.")
+
+        def loss_fn(model, x0, generator):
+            return diffusion_loss(model, scheduler, x0, generator, config.loss_weighting, config.min_snr_gamma)
+    loss_settings = dataclasses.asdict(loss_fn) if dataclasses.is_dataclass(loss_fn) else None
     device = next(model.parameters()).device
     images = images.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # t and eps draws (on CPU, then moved: same on any device)
@@ -193,6 +206,9 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
                     f"{run_dir!r} holds a run with a different TrainConfig ({state['config']}); "
                     "use another run_dir, or resume=False to start over there."
                 )
+            if state.get("loss") != loss_settings:
+                raise ValueError(f"{run_dir!r} holds a run with a different loss ({state.get('loss')}, now "
+                                 f"{loss_settings}); use another run_dir, or resume=False to start over there.")
             if state["config"]["steps"] != config.steps:
                 warnings.warn(f"resuming with steps={config.steps} instead of {state['config']['steps']}: "
                               "the cosine learning-rate schedule changes from here on.")
@@ -206,7 +222,7 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
             return None
         state = {"step": step, "ema_updates": ema.num_updates, "losses": losses,
                  "train_seconds": seconds_before + time.perf_counter() - started,
-                 "config": dataclasses.asdict(config), "model_config": _model_config(model)}
+                 "config": dataclasses.asdict(config), "model_config": _model_config(model), "loss": loss_settings}
         return save_training_checkpoint(run_dir, step, _pack(model, ema, optimizer, generator), state)
 
     started = time.perf_counter()  # wall time is recorded in every checkpoint (summed over resumed runs)
@@ -224,7 +240,7 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
                 group["lr"] = learning_rate(step, config)
             x0 = images[batch_indices(step, len(images), config.batch_size, config.seed).to(device)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = diffusion_loss(model, scheduler, x0, generator, config.loss_weighting, config.min_snr_gamma)
+                loss = loss_fn(model, x0, generator)
             if not torch.isfinite(loss):
                 where = f"the last good checkpoint is kept in {run_dir!r}" if run_dir else "no run_dir was given"
                 raise NonFiniteLossError(

@@ -104,35 +104,47 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, add the time embedding, GroupNorm -> SiLU -> dropout -> conv3x3, plus shortcut."""
+    """GroupNorm -> SiLU -> conv3x3, add the time embedding, GroupNorm -> SiLU -> dropout -> conv3x3, plus shortcut.
 
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int, eps: float, dropout: float):
+    ``temb_channels=None`` gives the block without a time embedding that the VAE uses (sdlearn.vae).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int, eps: float,
+                 dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         # a 1x1 conv matches channel counts for the residual when they differ
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # the same t-vector added at every pixel
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # the same t-vector added at every pixel
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h
 
 
 class Downsample2D(nn.Module):
-    """Halve H and W with a strided 3x3 conv."""
+    """Halve H and W with a strided 3x3 conv.
 
-    def __init__(self, channels: int):
+    ``padding=1`` pads every side (the UNet); ``padding=0`` pads only right and bottom by one pixel first,
+    as the latent-diffusion autoencoder does (Rombach et al. 2022), which diffusers' AutoencoderKL keeps.
+    """
+
+    def __init__(self, channels: int, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x):
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 

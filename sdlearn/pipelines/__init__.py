@@ -1,5 +1,6 @@
-"""Pipelines compose a model and a scheduler into the sampling loop; nothing else imports them."""
+"""Pipelines compose models and a scheduler into the sampling loop; nothing else imports them."""
 
 from .ddpm import DDPMPipeline, ImagePipelineOutput
+from .latent import LatentDiffusionPipeline
 
-__all__ = ["DDPMPipeline", "ImagePipelineOutput"]
+__all__ = ["DDPMPipeline", "ImagePipelineOutput", "LatentDiffusionPipeline"]

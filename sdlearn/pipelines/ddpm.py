@@ -13,6 +13,7 @@ which is how the chapter viewers draw x_t, the predicted noise and the predicted
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -79,21 +80,37 @@ class DDPMPipeline:
         latents: torch.Tensor | None = None,
         callback_on_step_end: Callable | None = None,
         progress: bool = True,
+        eta: float | None = None,
     ) -> ImagePipelineOutput:
         """Sample ``batch_size`` images with ``num_inference_steps`` reverse steps.
 
         ``callback_on_step_end(pipeline, i, t, info)`` is called after every step with
         ``info = {"x_t": ..., "model_output": ..., "x0_pred": ..., "x_prev": ...}``.
+        ``eta`` (DDIMScheduler only) sets DDIM's noise level: 0 deterministic, 1 DDPM-like.
         The same ``generator`` seed gives the same images.
         """
-        from tqdm.auto import tqdm
-
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         c = self.unet.config
-        shape = (batch_size, c.in_channels, c.sample_size, c.sample_size)
+        x0 = self.denoise((batch_size, c.in_channels, c.sample_size, c.sample_size), num_inference_steps, generator,
+                          latents, callback_on_step_end, progress, eta)
+        return ImagePipelineOutput(images=to_output_type(x0, output_type))
+
+    def denoise(self, shape: tuple[int, ...], num_inference_steps: int, generator: torch.Generator | None = None,
+                latents: torch.Tensor | None = None, callback_on_step_end: Callable | None = None,
+                progress: bool = True, eta: float | None = None) -> torch.Tensor:
+        """The reverse process from x_T ~ N(0, I) (or ``latents``) to x_0, shaped ``shape``: the loop above."""
+        from tqdm.auto import tqdm
+
+        if shape[0] < 1:
+            raise ValueError(f"batch_size must be at least 1, got {shape[0]}.")
+        step_kwargs = {}
+        if eta is not None:
+            if "eta" not in inspect.signature(self.scheduler.step).parameters:
+                raise ValueError(f"eta applies to DDIMScheduler only; {type(self.scheduler).__name__} has no eta. "
+                                 "Use DDIMScheduler.from_config(pipe.scheduler.config).")
+            step_kwargs["eta"] = eta
+        shape = tuple(shape)
         device = self.device
         if latents is None:
             # draw on the generator's device (CPU by default) so a seed gives the same noise everywhere
@@ -107,14 +124,14 @@ class DDPMPipeline:
 
         for i, t in enumerate(tqdm(self.scheduler.timesteps, disable=not progress, desc="sampling")):
             model_in = self.scheduler.scale_model_input(x_t, t)
-            model_output = self.unet(model_in, t)  # eps_theta(x_t, t)
-            out = self.scheduler.step(model_output, t, x_t, generator=generator)
+            model_output = self.unet(model_in, t).to(x_t.dtype)  # eps_theta(x_t, t); fp32 even under autocast
+            out = self.scheduler.step(model_output, t, x_t, generator=generator, **step_kwargs)
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, int(t) if not torch.is_floating_point(t) else float(t), {
                     "x_t": x_t, "model_output": model_output, "x0_pred": out.pred_original_sample,
                     "x_prev": out.prev_sample})
             x_t = out.prev_sample
-        return ImagePipelineOutput(images=to_output_type(x_t, output_type))
+        return x_t
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, folder: str | os.PathLike) -> None:
