@@ -8,6 +8,8 @@ and every chapter and metric uses it.
 
 The same loader reads full MNIST or Fashion-MNIST from IDX files in a folder (``root=``), and can
 download them first when a network is there (``download=True``).
+
+Shapes (coloured shapes with captions, generated from a seed; ``load_shapes``) live in ``sdlearn.shapes``.
 """
 
 from __future__ import annotations
@@ -212,3 +214,9 @@ def load_digits(
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1], clamped: the inverse of the scaling above, for display and metrics."""
     return ((x + 1) / 2).clamp(0, 1)
+
+
+# Synthetic RGB shapes with captions (chapters 3-5), defined in sdlearn.shapes.
+from .shapes import (  # noqa: E402
+    BACKGROUND, PALETTE, SHAPES, SIZES, Shapes, ShapeSpec, load_shapes, make_shapes, parse_caption,
+)

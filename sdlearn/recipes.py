@@ -74,10 +74,45 @@ RECIPES.update({
         # f = 4: 32x32x1 digits -> 8x8x4 latents (4x fewer numbers); 0.95 M parameters.
         vae=AutoencoderKLConfig.with_factor(4, (32, 64, 64), in_channels=1, out_channels=1, latent_channels=4,
                                             layers_per_block=1, norm_num_groups=8, sample_size=32),
-        loss=VAELoss(kl_weight=1e-4, reconstruction="l1"),
+        loss=VAELoss(kl_weight=1e-3, reconstruction="l1"),
         train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, lr_schedule="cosine",
                           min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, seed=0, checkpoint_every=250),
         data="digits",
+    ),
+    "shapes-vae": VAERecipe(
+        name="shapes-vae",
+        # f = 4: 64x64x3 shapes -> 16x16x4 latents (12x fewer numbers).
+        vae=AutoencoderKLConfig.with_factor(4, (32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+                                            layers_per_block=1, norm_num_groups=8, sample_size=64),
+        loss=VAELoss(kl_weight=1e-3, reconstruction="l1"),
+        train=TrainConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=100, lr_schedule="cosine",
+                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, seed=0, checkpoint_every=250),
+        data="shapes",
+    ),
+    "shapes-vae-f8": VAERecipe(
+        name="shapes-vae-f8",
+        # f = 8 (not shipped; the pixel-vs-latent benchmark's third arm): 64x64x3 -> 8x8x4 latents (48x fewer).
+        vae=AutoencoderKLConfig.with_factor(8, (32, 64, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+                                            layers_per_block=1, norm_num_groups=8, sample_size=64),
+        loss=VAELoss(kl_weight=1e-3, reconstruction="l1"),
+        train=TrainConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=100, lr_schedule="cosine",
+                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, seed=0, checkpoint_every=250),
+        data="shapes",
+    ),
+    "shapes-ldm": LatentRecipe(
+        name="shapes-ldm",
+        vae="shapes-vae",
+        # the DDPM of chapter 2 (same schedule, same kind of UNet) on 4x16x16 latents
+        unet=UNetConfig(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128),
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                        attention_head_dim=32, norm_num_groups=8),
+        scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                       prediction_type="epsilon", variance_type="fixed_small", clip_sample=False),
+        train=TrainConfig(steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
+                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, loss_weighting="min_snr",
+                          min_snr_gamma=5.0, seed=0, checkpoint_every=250),
+        data="shapes",
     ),
 })
 

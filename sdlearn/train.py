@@ -161,7 +161,8 @@ def _unpack(tensors: dict, model, ema: EMA, optimizer, generator: torch.Generato
 
 def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: TrainConfig,
           run_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-          loss_fn=None, data_range: tuple[float, float] | None = (-1.0, 1.0)) -> TrainResult:
+          loss_fn=None, data_range: tuple[float, float] | None = (-1.0, 1.0),
+          max_seconds: float | None = None) -> TrainResult:
     """Train ``model`` to predict the scheduler's target from x_t; returns the model, its EMA and the loss curve.
 
     ``images``: the training set, (N, C, H, W) in [-1, 1]. With ``run_dir``, checkpoints are written
@@ -170,6 +171,7 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     The same loop trains other models: ``loss_fn(model, x0, generator) -> loss`` replaces the diffusion
     loss (the VAE passes ``sdlearn.vae.VAELoss``; a dataclass, so its settings are saved and checked on
     resume), and ``data_range=None`` accepts data outside [-1, 1] (latent diffusion trains on scaled latents).
+    ``max_seconds`` stops after that much wall-clock time in this call (a training budget), checkpointing there.
     """
     from tqdm.auto import tqdm
 
@@ -259,7 +261,9 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{learning_rate(step, config):.1e}")
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 checkpoint(step + 1)
-        step = config.steps
+            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                break
+        step = len(losses)
     except KeyboardInterrupt:
         if not updating:  # nothing lost: the run continues from here next time, exactly as if uninterrupted
             if rng_before is not None:
@@ -269,8 +273,8 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
         raise
     finally:
         bar.close()
-    if start < config.steps:
-        checkpoint(config.steps)
+    if start < step:
+        checkpoint(step)
     model.eval()
     return TrainResult(model=model, ema_model=ema.model, losses=losses, step=step)
 

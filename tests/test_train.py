@@ -201,6 +201,26 @@ def test_train_rejects_bad_images(tiny_unet):
         train(tiny_unet, DDPMScheduler(), torch.full((4, 1, 16, 16), 255.0), cfg, progress=False)
 
 
+def test_max_seconds_stops_early_and_checkpoints_there(tmp_path, tiny_unet_config):
+    cfg = TrainConfig(steps=10_000, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=10_000)
+    result = train(fresh_unet(tiny_unet_config), DDPMScheduler(num_train_timesteps=50), tiny_images(), cfg,
+                   run_dir=tmp_path, progress=False, max_seconds=0.5)
+    assert 1 <= result.step < 10_000 and len(result.losses) == result.step
+    from sdlearn.checkpoint import load_training_checkpoint
+
+    assert load_training_checkpoint(str(tmp_path))[1]["step"] == result.step  # a resumable budget run
+
+
+def test_latents_outside_minus_one_one_need_data_range_none(tiny_unet_config):
+    latents = torch.randn(16, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
+    cfg = TrainConfig(steps=2, batch_size=4)
+    with pytest.raises(ValueError, match="data_range=None"):
+        train(fresh_unet(tiny_unet_config), DDPMScheduler(num_train_timesteps=50), latents, cfg, progress=False)
+    result = train(fresh_unet(tiny_unet_config), DDPMScheduler(num_train_timesteps=50), latents, cfg, progress=False,
+                   data_range=None)
+    assert result.step == 2
+
+
 def test_train_rejects_nan_images(tiny_unet):
     images = tiny_images()
     images[3, 0, 4, 4] = float("nan")
