@@ -81,8 +81,8 @@ RECIPES.update({
     ),
     "shapes-vae": VAERecipe(
         name="shapes-vae",
-        # f = 4: 64x64x3 shapes -> 16x16x4 latents (12x fewer numbers).
-        vae=AutoencoderKLConfig.with_factor(4, (32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+        # f = 4: 64x64x3 shapes -> 16x16x4 latents (12x fewer numbers); 0.68 M parameters.
+        vae=AutoencoderKLConfig.with_factor(4, (16, 32, 64), in_channels=3, out_channels=3, latent_channels=4,
                                             layers_per_block=1, norm_num_groups=8, sample_size=64),
         loss=VAELoss(kl_weight=1e-3, reconstruction="l1"),
         train=TrainConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=100, lr_schedule="cosine",
@@ -92,7 +92,7 @@ RECIPES.update({
     "shapes-vae-f8": VAERecipe(
         name="shapes-vae-f8",
         # f = 8 (not shipped; the pixel-vs-latent benchmark's third arm): 64x64x3 -> 8x8x4 latents (48x fewer).
-        vae=AutoencoderKLConfig.with_factor(8, (32, 64, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+        vae=AutoencoderKLConfig.with_factor(8, (16, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
                                             layers_per_block=1, norm_num_groups=8, sample_size=64),
         loss=VAELoss(kl_weight=1e-3, reconstruction="l1"),
         train=TrainConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=100, lr_schedule="cosine",
@@ -102,8 +102,8 @@ RECIPES.update({
     "shapes-ldm": LatentRecipe(
         name="shapes-ldm",
         vae="shapes-vae",
-        # the DDPM of chapter 2 (same schedule, same kind of UNet) on 4x16x16 latents
-        unet=UNetConfig(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128),
+        # the DDPM of chapter 2 (same schedule, the same UNet widths as mnist-ddpm) on 4x16x16 latents
+        unet=UNetConfig(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 128),
                         down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
                         attention_head_dim=32, norm_num_groups=8),
