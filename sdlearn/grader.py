@@ -110,6 +110,29 @@ REFERENCES.update({
     "ch06.timestep_grid": (*_SET_TIMESTEPS, "sdlearn.samplers_viz:previous_timesteps"),
     "ch06.euler_step": (*_STEPS,),
 })
+# Chapters 3-4: the VAE's posterior (reparameterised sample, KL), the scale factor, and the latent pipeline.
+# Not the VAE's encode/decode, the UNet or the scheduler's step: chapter 4's answers must call those. Diffusers'
+# versions (its DiagonalGaussianDistribution, AutoencoderKL, pipelines) are covered by BLOCKED_PACKAGES.
+_POSTERIOR = (
+    "sdlearn.vae:DiagonalGaussianDistribution.__init__",  # it computes std = exp(0.5 logvar) and var = exp(logvar)
+    "sdlearn.vae:vae_loss",
+    "sdlearn.vae:VAELoss.__call__",
+)
+_LATENT_PIPELINE = (
+    "sdlearn.pipelines.latent:LatentDiffusionPipeline.__call__",
+    "sdlearn.pipelines.latent:LatentDiffusionPipeline.decode_latents",
+    "sdlearn.pipelines.latent:LatentDiffusionPipeline.encode_images",
+    "sdlearn.pipelines.ddpm:DDPMPipeline.__call__",
+    "sdlearn.pipelines.ddpm:DDPMPipeline.denoise",  # LatentDiffusionPipeline inherits its loop
+)
+REFERENCES.update({
+    "ch03.reparameterize": ("sdlearn.vae:DiagonalGaussianDistribution.sample", *_POSTERIOR),
+    "ch03.kl_diagonal_gaussian": ("sdlearn.vae:DiagonalGaussianDistribution.kl", *_POSTERIOR),
+    "ch03.scaling_factor": ("sdlearn.vae:measure_scaling_factor",),
+    "ch04.latent_diffusion_loss": ("sdlearn.train:diffusion_loss", *_LATENT_PIPELINE),
+    "ch04.sample_latents": _LATENT_PIPELINE,
+    "ch04.encode_diffuse_decode": _LATENT_PIPELINE,
+})
 BLOCKED_PACKAGES = ("diffusers",)  # whole libraries that implement the exercises
 
 _PROTOCOL = "@@sdlearn-grader@@ "  # marks the grading process's answers among anything else it prints
@@ -400,12 +423,20 @@ class _BlockPackages(importlib.abc.MetaPathFinder):
         return None
 
 
-def _install_guards(references) -> None:
-    """Replace the references (and the checks' private helpers) by guards, everywhere sdlearn holds them."""
+def _grading_modules() -> list:
+    """sdlearn.grading and its modules (core, and the checks of each part of the course), by identity."""
+    import pkgutil
+
     from . import grading
 
-    targets = [(grading, n, f) for n, f in vars(grading).items() if n.startswith("_") and not n.startswith("__")
-               and inspect.isfunction(f) and f.__module__ == grading.__name__]
+    return [grading] + [importlib.import_module(f"{grading.__name__}.{m.name}")
+                        for m in pkgutil.iter_modules(grading.__path__)]
+
+
+def _install_guards(references) -> None:
+    """Replace the references (and the checks' private helpers) by guards, everywhere sdlearn holds them."""
+    targets = [(module, n, f) for module in _grading_modules() for n, f in vars(module).items()
+               if n.startswith("_") and not n.startswith("__") and inspect.isfunction(f) and f.__module__ == module.__name__]
     for path in references:
         module_name, _, qualname = path.partition(":")
         try:
@@ -455,7 +486,7 @@ class _ShellStub:
 
 
 def _watched() -> dict:
-    """What the checks rely on, by identity: the functions of torch, math, built-ins and sdlearn.grading."""
+    """What the checks rely on, by identity: the functions of torch, math, built-ins and sdlearn.grading's modules."""
     import builtins
     import math
 
@@ -466,7 +497,8 @@ def _watched() -> dict:
 
     spaces = {"builtins": builtins, "math": math, "torch": torch, "torch.Tensor": torch.Tensor,
               "torch.nn.functional": torch.nn.functional, "torch.testing": torch.testing,
-              "torch.nn.Module": torch.nn.Module, "sdlearn.grading": grading}
+              "torch.nn.Module": torch.nn.Module}
+    spaces |= {module.__name__: module for module in _grading_modules()}  # sdlearn.grading, sdlearn.grading.core, ...
     watched = {f"{prefix}.{name}": value for prefix, space in spaces.items() for name, value in vars(space).items()
                if name != "_" and not inspect.ismodule(value)}
     watched |= {f"sdlearn.grading.CHECKS[{k!r}]": v for k, v in grading.CHECKS.items()}

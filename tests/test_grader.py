@@ -157,6 +157,173 @@ def euler_step(x, sigma, sigma_next, eps_pred):
 WRONG.update(WRONG_CH06)
 REFERENCE_ANSWERS.update(REFERENCE_ANSWERS_CH06)
 
+# Chapters 3-4 (the VAE, latent diffusion). Until their chapters exist these run in small notebooks built here
+# (LATENT_NOTEBOOKS), graded like chapters: a set-up cell of imports, then exercise and check cells.
+SOLUTIONS_LATENT = {
+    "ch03.reparameterize": """
+def reparameterize(mean, logvar, eps):
+    return mean + torch.exp(0.5 * logvar) * eps  # Kingma & Welling 2014, eq. 10
+""",
+    "ch03.kl_diagonal_gaussian": """
+def kl_diagonal_gaussian(mean, logvar):
+    return 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3))
+""",
+    "ch03.scaling_factor": """
+def scaling_factor(latents):
+    return float(1 / latents.flatten().std())
+""",
+    "ch04.latent_diffusion_loss": """
+def latent_diffusion_loss(unet, vae, x0, t, eps, alphas_cumprod, scaling_factor):
+    with torch.no_grad():
+        z0 = scaling_factor * vae.encode(x0).latent_dist.mode()
+    alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    z_t = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * eps
+    return ((eps - unet(z_t, t)) ** 2).mean()
+""",
+    "ch04.sample_latents": """
+@torch.no_grad()
+def sample_latents(unet, vae, scheduler, z_T, num_inference_steps):
+    scheduler.set_timesteps(num_inference_steps)
+    z = z_T * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        z = scheduler.step(unet(scheduler.scale_model_input(z, t), t), t, z).prev_sample
+    return vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1)
+""",
+    "ch04.encode_diffuse_decode": """
+@torch.no_grad()
+def encode_diffuse_decode(unet, vae, scheduler, x0, strength, eps, num_inference_steps):
+    s = vae.config.scaling_factor
+    z = s * vae.encode(x0).latent_dist.mode()
+    scheduler.set_timesteps(num_inference_steps)
+    n = min(int(num_inference_steps * strength), num_inference_steps)
+    timesteps = scheduler.timesteps[num_inference_steps - n:]
+    if n > 0:
+        z = scheduler.add_noise(z, eps, timesteps[:1])
+    for t in timesteps:
+        z = scheduler.step(unet(scheduler.scale_model_input(z, t), t), t, z).prev_sample
+    return vae.decode(z / s).sample.clamp(-1, 1)
+""",
+}
+WRONG_LATENT = {
+    "ch03.reparameterize": ("""
+import torch
+def reparameterize(mean, logvar, eps):
+    return mean + torch.exp(logvar) * eps  # planted: the variance exp(logvar) where the std exp(0.5 logvar) belongs
+""", "variance_for_std"),
+    "ch03.kl_diagonal_gaussian": ("""
+def kl_diagonal_gaussian(mean, logvar):
+    return 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean(dim=(1, 2, 3))  # planted: mean where the sum belongs
+""", "mean_for_sum"),
+    "ch03.scaling_factor": ("""
+def scaling_factor(latents):
+    return float(latents.flatten().std())  # planted: std where 1 / std belongs
+""", "not_inverted"),
+    "ch04.latent_diffusion_loss": ("""
+def latent_diffusion_loss(unet, vae, x0, t, eps, alphas_cumprod, scaling_factor):
+    z0 = vae.encode(x0).latent_dist.mode()  # planted: the scaling factor is missing
+    alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    z_t = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * eps
+    return ((eps - unet(z_t, t)) ** 2).mean()
+""", "missing_scaling"),
+    "ch04.sample_latents": ("""
+import torch
+@torch.no_grad()
+def sample_latents(unet, vae, scheduler, z_T, num_inference_steps):
+    scheduler.set_timesteps(num_inference_steps)
+    z = z_T  # planted: init_noise_sigma is missing
+    for t in scheduler.timesteps:
+        z = scheduler.step(unet(scheduler.scale_model_input(z, t), t), t, z).prev_sample
+    return vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1)
+""", "missing_init_noise_sigma"),
+    "ch04.encode_diffuse_decode": ("""
+import torch
+@torch.no_grad()
+def encode_diffuse_decode(unet, vae, scheduler, x0, strength, eps, num_inference_steps):
+    s = vae.config.scaling_factor
+    z = s * vae.encode(x0).latent_dist.mode()
+    scheduler.set_timesteps(num_inference_steps)
+    n = min(int(num_inference_steps * strength), num_inference_steps)
+    timesteps = scheduler.timesteps[num_inference_steps - n:]
+    if n > 0:
+        z = scheduler.add_noise(z, eps, scheduler.timesteps[:1])  # planted: noised to the first timestep of the grid
+    for t in timesteps:
+        z = scheduler.step(unet(scheduler.scale_model_input(z, t), t), t, z).prev_sample
+    return vae.decode(z / s).sample.clamp(-1, 1)
+""", "wrong_start"),
+}
+REFERENCE_ANSWERS_LATENT = {
+    "ch03.reparameterize": ("""
+import torch
+from sdlearn.vae import DiagonalGaussianDistribution
+def reparameterize(mean, logvar, eps):
+    posterior = DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))
+    return posterior.mean + posterior.std * eps
+""", True),
+    "ch03.kl_diagonal_gaussian": ("""
+import torch
+def kl_diagonal_gaussian(mean, logvar):  # diffusers' posterior (it would pass; diffusers is slow to import here)
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    return DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1)).kl()
+""", False),
+    "ch03.scaling_factor": ("""
+from sdlearn.vae import measure_scaling_factor
+def scaling_factor(latents):
+    return measure_scaling_factor(latents)
+""", True),
+    "ch04.latent_diffusion_loss": ("""
+import torch
+from sdlearn.schedulers import DDPMScheduler
+from sdlearn.train import diffusion_loss
+def latent_diffusion_loss(unet, vae, x0, t, eps, alphas_cumprod, scaling_factor):
+    z0 = scaling_factor * vae.encode(x0).latent_dist.mode()
+    return diffusion_loss(unet, DDPMScheduler(num_train_timesteps=len(alphas_cumprod)), z0, torch.Generator().manual_seed(0))
+""", False),
+    "ch04.sample_latents": ("""
+from sdlearn.pipelines import LatentDiffusionPipeline
+def sample_latents(unet, vae, scheduler, z_T, num_inference_steps):
+    pipe = LatentDiffusionPipeline(vae, unet, scheduler)
+    z0 = pipe.denoise(tuple(z_T.shape), num_inference_steps, latents=z_T, progress=False)
+    return pipe.decode_latents(z0).to(z_T.dtype)
+""", True),
+    "ch04.encode_diffuse_decode": ("""
+from sdlearn.pipelines import LatentDiffusionPipeline
+def encode_diffuse_decode(unet, vae, scheduler, x0, strength, eps, num_inference_steps):
+    pipe = LatentDiffusionPipeline(vae, unet, scheduler)
+    z = pipe.encode_images(x0)
+    scheduler.set_timesteps(num_inference_steps)
+    n = min(int(num_inference_steps * strength), num_inference_steps)
+    timesteps = scheduler.timesteps[num_inference_steps - n:]
+    if n > 0:
+        z = scheduler.add_noise(z, eps, timesteps[:1])
+    for t in timesteps:
+        z = scheduler.step(unet(scheduler.scale_model_input(z, t), t), t, z).prev_sample
+    return pipe.decode_latents(z).to(x0.dtype)
+""", True),
+}
+WRONG.update(WRONG_LATENT)
+REFERENCE_ANSWERS.update(REFERENCE_ANSWERS_LATENT)
+
+
+def latent_notebook(folder: Path, chapter: int) -> Path:
+    """A small notebook of chapter 3 or 4's exercises, in the markup of COURSE.md, holding SOLUTIONS_LATENT."""
+    new = nbformat.v4
+    cells = [new.new_markdown_cell(f"# Chapter {chapter} (a test notebook)"),
+             new.new_code_cell("import torch\nfrom sdlearn.grading import check")]
+    for exercise_id, source in SOLUTIONS_LATENT.items():
+        ex = EXERCISES[exercise_id]
+        if ex.chapter != chapter:
+            continue
+        grade_id = exercise_id.replace(".", "-").replace("_", "-")
+        cells.append(new.new_code_cell(f"### BEGIN SOLUTION\n{source.strip()}\n### END SOLUTION", metadata={"nbgrader": {
+            "grade_id": grade_id, "solution": True, "grade": False, "locked": False, "schema_version": 3}}))
+        cells.append(new.new_code_cell(f'check("{exercise_id}", {ex.signature.split("(")[0]})', metadata={"nbgrader": {
+            "grade_id": f"{grade_id}-check", "solution": False, "grade": True, "locked": True, "points": ex.points,
+            "schema_version": 3}}))
+    path = folder / f"0{chapter}_test_latent.ipynb"
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(new.new_notebook(cells=cells), path)
+    return path
+
 
 @pytest.fixture(scope="module")
 def pool():
@@ -199,6 +366,17 @@ def test_exercises_found_in_the_chapters_match_the_registry():
         for s in specs:
             assert s.cell is not None and s.grade_id and not s.note, (path.name, s)
             assert s.points == EXERCISES[s.exercise_id].points
+
+
+def test_grader_watches_and_guards_every_module_of_the_checks():
+    """The checks live in sdlearn.grading's modules; the grader watches (and guards) the helpers of each of them."""
+    modules = {m.__name__ for m in grader._grading_modules()}
+    assert {"sdlearn.grading", "sdlearn.grading.core", "sdlearn.grading.diffusion", "sdlearn.grading.vae",
+            "sdlearn.grading.latent", "sdlearn.grading.samplers"} <= modules
+    watched = grader._watched()
+    for name in ("sdlearn.grading.core._close", "sdlearn.grading.latent._reverse", "sdlearn.grading.vae._check_kl",
+                 "sdlearn.grading.CHECKS['ch04.sample_latents']", "sdlearn.grading.EXERCISES"):
+        assert name in watched, name
 
 
 def test_setup_rule():
@@ -261,6 +439,10 @@ def test_release_then_grade_every_chapter(pool, tmp_path):
 def test_planted_mistakes_lose_exactly_their_points(pool, tmp_path, path):
     """Two copies per chapter, mistakes in alternate exercises: each planted exercise scores 0 and its
     feedback names the mistake; every other exercise keeps its points."""
+    assert_planted_mistakes_lose_their_points(pool, tmp_path, path)
+
+
+def assert_planted_mistakes_lose_their_points(pool, tmp_path, path):
     ids = [s.exercise_id for s in grader.exercises_of(path)]
     for parity in (0, 1):
         planted = {e: WRONG[e][0] for k, e in enumerate(ids) if k % 2 == parity}
@@ -276,6 +458,10 @@ def test_planted_mistakes_lose_exactly_their_points(pool, tmp_path, path):
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_answers_that_call_sdlearn_earn_nothing(pool, tmp_path, path):
+    assert_answers_that_call_sdlearn_earn_nothing(pool, tmp_path, path)
+
+
+def assert_answers_that_call_sdlearn_earn_nothing(pool, tmp_path, path):
     ids = [s.exercise_id for s in grader.exercises_of(path) if s.exercise_id in REFERENCE_ANSWERS]
     for exercise_id in ids:  # where the reference gives the right answer, only the guard stops it
         source, would_pass = REFERENCE_ANSWERS[exercise_id]
@@ -293,6 +479,20 @@ def test_answers_that_call_sdlearn_earn_nothing(pool, tmp_path, path):
             assert e.score == 0 and "unavailable during grading" in e.feedback, e.feedback
             assert "earns no points" in e.feedback
             assert "of guarded" not in e.feedback and "of find_spec" not in e.feedback  # not the guard's line
+
+
+@pytest.mark.parametrize("chapter", [3, 4])
+def test_latent_exercises_are_graded(pool, tmp_path, chapter):
+    """Chapters 3-4's exercises in a notebook built here: the solutions score full marks, planted mistakes lose
+    exactly their points with the mistake named, and answers that call sdlearn's (or diffusers') code earn nothing."""
+    path = latent_notebook(tmp_path / "given", chapter)
+    specs = grader.exercises_of(path)
+    assert sorted(s.exercise_id for s in specs) == sorted(e for e, ex in EXERCISES.items() if ex.chapter == chapter)
+    result = pool.grade_notebook(path)
+    assert [e.status for e in result.exercises] == ["passed"] * len(specs), grader.format_table([result])
+    assert result.score == result.max_score == sum(EXERCISES[s.exercise_id].points for s in specs)
+    assert_planted_mistakes_lose_their_points(pool, tmp_path / "planted", path)
+    assert_answers_that_call_sdlearn_earn_nothing(pool, tmp_path / "references", path)
 
 
 def test_one_broken_exercise_fails_alone(pool, tmp_path):
@@ -349,10 +549,15 @@ def test_answers_that_patch_torch_or_the_checks_are_not_graded(pool, tmp_path):
         "ch01.forward_step": "torch.allclose = lambda *args, **kwargs: True\n"
                              "def forward_step(x_prev, beta_t, eps):\n    return x_prev\n",
         "ch01.q_sample": "from sdlearn import grading\ngrading.CHECKS['ch01.q_sample'] = lambda fn: None\n"
-                         "def q_sample(x0, t, eps, alphas_cumprod):\n    return x0\n"})
-    result = by_id(pool.grade_notebook(path, only={"ch01.forward_step", "ch01.q_sample"}))
+                         "def q_sample(x0, t, eps, alphas_cumprod):\n    return x0\n",
+        "ch01.cosine_betas": "from sdlearn.grading import core\ncore._close = lambda *args, **kwargs: True\n"
+                             "def cosine_betas(num_train_timesteps, s=0.008, max_beta=0.999):\n"
+                             "    return torch.zeros(num_train_timesteps)\n"})
+    result = by_id(pool.grade_notebook(path, only={"ch01.forward_step", "ch01.q_sample", "ch01.cosine_betas"}))
     assert result["ch01.forward_step"].score == 0 and "torch.allclose" in result["ch01.forward_step"].feedback
     assert result["ch01.q_sample"].score == 0 and "CHECKS['ch01.q_sample']" in result["ch01.q_sample"].feedback
+    patched = result["ch01.cosine_betas"]  # a helper in one of sdlearn.grading's modules
+    assert patched.score == 0 and "sdlearn.grading.core._close" in patched.feedback, patched.feedback
 
 
 def test_command_line_json_csv_and_unreadable_notebooks(tmp_path, capsys):
