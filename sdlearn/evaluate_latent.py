@@ -8,8 +8,8 @@
 - ``evaluate_ldm(name)``: 256 samples read by the attribute checker: >= 90% well-formed shapes of a known
   colour, and no colour or shape of the training data missing from the mix.
 
-    python -m sdlearn evaluate shapes-vae --write     # -> quality.json, reconstructions.png, README.md
-    python -m sdlearn evaluate shapes-ldm --write
+    python -m sdlearn evaluate shapes-vae             # -> quality.json, reconstructions.png, README.md
+    python -m sdlearn evaluate shapes-ldm
 """
 
 from __future__ import annotations
@@ -159,12 +159,13 @@ own recipe. Load it with `AutoencoderKL.from_pretrained("{name}")`.
 - Loss: {recipe.loss} (per-image sums: `sdlearn.vae.vae_loss`).
 - scaling_factor = {report['scaling_factor']} = 1 / std of the training images' latents (posterior modes),
   measured at export (`sdlearn.vae.measure_scaling_factor`).
-{_training_lines(folder, name, machine)}
+{_training_lines(folder, name, machine)}{"- Note: " + recipe.notes if recipe.notes else ""}
+
 ## The exact commands
 ```
 python -m sdlearn train {name} --run-dir runs/{name}        # resumable: run it again to continue
 python -m sdlearn export {name} --run-dir runs/{name}       # EMA weights + measured scale -> sdlearn/pretrained/{name}
-python -m sdlearn evaluate {name} --write                   # the measurement below
+python -m sdlearn evaluate {name}                           # the measurement below (writes this card)
 ```
 
 ## Measured quality ({report['n']} held-out images, reconstructed with mode())
@@ -196,12 +197,13 @@ cached; 64x64x3 images become {u.in_channels}x{u.sample_size}x{u.sample_size} la
 - UNet: {u.block_out_channels} channels, blocks {u.down_block_types}, {u.layers_per_block} residual block(s) per
   level, attention head dim {u.attention_head_dim}, GroupNorm {u.norm_num_groups}.
 - Scheduler: {recipe.scheduler}
-{_training_lines(folder, name, machine)}
+{_training_lines(folder, name, machine)}{"- Note: " + recipe.notes if recipe.notes else ""}
+
 ## The exact commands
 ```
 python -m sdlearn train {name} --run-dir runs/{name}        # needs the shipped {recipe.vae}; resumable
 python -m sdlearn export {name} --run-dir runs/{name}
-python -m sdlearn evaluate {name} --write
+python -m sdlearn evaluate {name}
 ```
 
 ## Measured quality
