@@ -234,7 +234,8 @@ def _evaluate_latent(args) -> int:
     folder = resolve_pretrained(args.name)
     if isinstance(get_recipe(name), VAERecipe):
         report, images, rec = evaluate_vae(args.name)
-        figure = show_images(torch.cat([images[:16], rec[:16]]), nrow=16,
+        pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over the set (the digits are sorted by class)
+        figure = show_images(torch.cat([images[pick], rec[pick]]), nrow=16,
                              title=f"{name}: 16 held-out images (top) and their reconstructions (bottom)")
         picture, write_card = "reconstructions.png", write_vae_card
     else:
