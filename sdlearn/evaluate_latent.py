@@ -54,11 +54,13 @@ def reconstruct(vae, images: torch.Tensor, batch_size: int = 250) -> torch.Tenso
     return torch.cat(out)
 
 
-def evaluate_vae(name: str, num_images: int | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(report, originals, reconstructions) of the shipped (or foldered) VAE ``name`` on its held-out set."""
+def evaluate_vae(name: str, num_images: int | None = None, recipe: str | None = None
+                 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(report, originals, reconstructions) of the shipped VAE ``name`` (or a folder: then name its ``recipe``,
+    unless the folder is named after it) on the held-out set of the recipe's data."""
     from .vae import AutoencoderKL
 
-    recipe = get_recipe(os.path.basename(os.path.normpath(name)))
+    recipe = get_recipe(recipe or os.path.basename(os.path.normpath(name)))
     vae = AutoencoderKL.from_pretrained(name).eval()
     images, labels = held_out(recipe.data, num_images)
     started = time.time()
