@@ -118,10 +118,11 @@ def child(arm: str, what: str, args) -> dict:
         pipe = DDPMPipeline(unet, ddim) if vae is None else LatentDiffusionPipeline(vae, unet, ddim)
         _sync(device)
         start = time.perf_counter()
-        pipe(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0), output_type="pt",
-             progress=False)
+        pipe(batch_size=args.sample_batch, num_inference_steps=args.sample_steps,
+             generator=torch.Generator().manual_seed(0), output_type="pt", progress=False)
         _sync(device)
-        out["sample_50_steps_16_images_seconds"] = time.perf_counter() - start
+        out["sample_seconds"] = time.perf_counter() - start
+        out["sample_what"] = f"{args.sample_steps} DDIM steps of {args.sample_batch} images, decoding included"
     elif what == "quality":
         from sdlearn.data import load_shapes
         from sdlearn.evaluate_latent import sample_shapes
@@ -139,7 +140,7 @@ def child(arm: str, what: str, args) -> dict:
         ddim = DDIMScheduler.from_config(scheduler.config)
         model = result.ema_model.eval()
         pipe = DDPMPipeline(model, ddim) if vae is None else LatentDiffusionPipeline(vae, model, ddim)
-        samples = sample_shapes(pipe, args.num_samples, 50, seed=0, progress=False)
+        samples = sample_shapes(pipe, args.num_samples, args.sample_steps, seed=0, progress=False)
         report = shapes_report(samples)
         out.update(well_formed_share=report["well_formed_share"], missing_colours=report["missing_colours"],
                    missing_shapes=report["missing_shapes"])
@@ -172,6 +173,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--num-train", type=int, default=None, help="training images (default: all 20,000)")
     parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for the samples and their timing")
+    parser.add_argument("--sample-batch", type=int, default=16, help="images in the timed sampling run")
     parser.add_argument("--vae-f4", default=DEFAULT_VAES["latent f=4"])
     parser.add_argument("--vae-f8", default=DEFAULT_VAES["latent f=8"])
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
@@ -184,6 +187,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.budget, args.num_train, args.num_samples, args.repeats, args.warmup = 3.0, 256, 8, 2, 1
+        args.sample_steps, args.sample_batch = 5, 4
     args.vaes = {"latent f=4": args.vae_f4, "latent f=8": args.vae_f8}
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -244,8 +248,9 @@ def measure(arm: str | None, what: str, passthrough: list[str]) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-    rows = ["| arm | UNet input | train step (s) | with encoding (s) | step ratio vs pixel | 50-step sampling of 16, "
-            "decoding incl. (s) | peak memory | well-formed after budget |",
+    what = next(iter(results["arms"].values()))["sample_what"] if results["arms"] else ""
+    rows = [f"| arm | UNet input | train step (s) | with encoding (s) | step ratio vs pixel | sampling ({what}, s) "
+            "| peak memory | well-formed after budget |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for arm, e in results["arms"].items():
         mem = (f"{e['cuda_peak_bytes'] / 2**20:.0f} MiB (CUDA)" if "cuda_peak_bytes" in e
@@ -256,7 +261,7 @@ def markdown_table(results: dict) -> str:
         ratio = (f"{e['step_ratio_cached']:.1f}x cached, {e['step_ratio_with_encoding']:.1f}x encoding"
                  if "step_ratio_cached" in e else "1x")
         rows.append(f"| {arm} | {'x'.join(map(str, e['input_shape']))} | {e['train_step_seconds']:.3f} | {enc} | {ratio} "
-                    f"| {e['sample_50_steps_16_images_seconds']:.1f} | {mem} | {quality} |")
+                    f"| {e['sample_seconds']:.1f} | {mem} | {quality} |")
     rows.append(f"\nBatch {results['batch']}, {results['device']} ({results['machine']}, {results['torch_threads']} "
                 f"threads); training budget {results['budget_seconds']:.0f} s per arm; a subprocess doing nothing: "
                 f"{results['baseline_maxrss_bytes'] / 2**20:.0f} MiB RSS.")

@@ -256,9 +256,9 @@ def plot_cost_table(results: dict) -> Figure:
     ax_train.set_title(f"one training step, batch {results.get('batch', '?')} (ratio to pixels)", fontsize=9)
     ax_train.legend(fontsize=7)
 
-    ax_sample.bar(x, [e.get("sample_50_steps_16_images_seconds", np.nan) for e in entries], color="tab:green")
+    ax_sample.bar(x, [e.get("sample_seconds", np.nan) for e in entries], color="tab:green")
     ax_sample.set_ylabel("seconds")
-    ax_sample.set_title("sampling 16 images, 50 steps, decoding included", fontsize=9)
+    ax_sample.set_title(f"sampling: {entries[0].get('sample_what', '?') if entries else '?'}", fontsize=9)
 
     cuda = any("cuda_peak_bytes" in e for e in entries)
     key = "cuda_peak_bytes" if cuda else "maxrss_bytes"

@@ -1,0 +1,37 @@
+"""benchmarks/pixel_vs_latent.py runs end to end (tiny: --quick, random VAEs) and writes its table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdlearn.vae import AutoencoderKL, AutoencoderKLConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_pixel_vs_latent_quick(tmp_path):
+    for f in (4, 8):
+        torch.manual_seed(f)
+        cfg = AutoencoderKLConfig.with_factor(f, 8, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                                              sample_size=64, scaling_factor=0.5)
+        AutoencoderKL(cfg).save_pretrained(tmp_path / f"vae-f{f}")
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pixel_vs_latent.py"), "--quick", "--threads", "1",
+           "--vae-f4", str(tmp_path / "vae-f4"), "--vae-f8", str(tmp_path / "vae-f8"), "--out", str(out),
+           "--num-samples", "4", "--batch", "8"]
+    subprocess.run(cmd, check=True, cwd=tmp_path, timeout=600, capture_output=True)
+    results = json.loads(out.read_text())
+    assert list(results["arms"]) == ["pixel", "latent f=4", "latent f=8"]
+    pixel, f4, f8 = (results["arms"][a] for a in ("pixel", "latent f=4", "latent f=8"))
+    assert pixel["input_shape"] == [3, 64, 64] and f4["input_shape"] == [4, 16, 16] and f8["input_shape"] == [4, 8, 8]
+    for entry in (pixel, f4, f8):
+        assert entry["train_step_seconds"] > 0 and entry["maxrss_bytes"] > 0
+        assert 0 <= entry["quality"]["well_formed_share"] <= 1 and entry["quality"]["train_steps_in_budget"] >= 1
+    # the same UNet family on 16x smaller inputs: a latent step must be cheaper even in a tiny run
+    assert f4["step_ratio_cached"] > 1.5
+    assert (tmp_path / "results.md").read_text().count("\n|") >= 4
