@@ -90,10 +90,12 @@ RECIPES.update({
         train=TrainConfig(steps=1500, batch_size=32, lr=1e-3, warmup_steps=100, lr_schedule="cosine",
                           min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, seed=0, checkpoint_every=250),
         data="shapes",
-        notes="The shipped run's step budget was lowered from 4,000 to 2,500 at step 250 and to 1,500 at step 750 "
-              "to fit the session (each time resumed from a checkpoint; the cosine schedule changed from there); "
-              "a probe of the step-750 weights already measured 30.5 dB on 300 held-out images.",
-    ),
+        notes="The shipped run's step budget was lowered twice to fit the session (4,000 -> 2,500 -> 1,500 steps). "
+              "Two earlier processes of the run, which a Ctrl-C had not stopped (SIGINT is ignored by background "
+              "jobs), kept writing checkpoints into the same folder, so the run resumed at step 750 from one of "
+              "them: steps 0-250 followed the 4,000-step cosine schedule, steps 250-750 the 4,000- or the 2,500-step "
+              "one, and steps 750-1,500 the 1,500-step one. A probe of the step-750 weights measured 30.5 dB on "
+              "300 held-out images."),
     "shapes-vae-f8": VAERecipe(
         name="shapes-vae-f8",
         # f = 8 (not shipped; the pixel-vs-latent benchmark's third arm): 64x64x3 -> 8x8x4 latents (48x fewer).

@@ -232,6 +232,7 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     model.train()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="training")
     step = start
+    stop, restore_signals = _stop_on_signals()  # `kill`, `kill -INT`, Ctrl-C: finish the step, checkpoint, stop
     # Ctrl-C can land anywhere in a step. Before the update, the step's random draws are undone (rng_before) so
     # the checkpoint resumes exactly; during the update (updating) no checkpoint is written: the last one stands.
     rng_before, updating = None, False
@@ -263,6 +264,8 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
                 checkpoint(step + 1)
             if max_seconds is not None and time.perf_counter() - started >= max_seconds:
                 break
+            if stop:  # a signal arrived during this step: stop between steps (the checkpoint is written below)
+                raise KeyboardInterrupt(f"stopped by signal {stop[0]} after step {len(losses)}")
         step = len(losses)
     except KeyboardInterrupt:
         if not updating:  # nothing lost: the run continues from here next time, exactly as if uninterrupted
@@ -273,10 +276,31 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
         raise
     finally:
         bar.close()
+        restore_signals()
     if start < step:
         checkpoint(step)
     model.eval()
     return TrainResult(model=model, ema_model=ema.model, losses=losses, step=step)
+
+
+def _stop_on_signals() -> tuple[list, object]:
+    """While training, SIGTERM and SIGINT (Ctrl-C; also ``kill -INT`` of a background job, which starts with SIGINT
+    ignored) ask the loop to stop after the current step: it then checkpoints and raises KeyboardInterrupt. A second
+    signal stops at once (the last checkpoint stands). Returns (the list a signal appends to, a restore function)."""
+    import signal
+    import threading
+
+    stop: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return stop, lambda: None
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        stop.append(signum)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return stop, lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
 
 
 def _model_config(model) -> dict | None:

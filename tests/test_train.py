@@ -421,3 +421,53 @@ def test_sigkill_resume_is_bitwise_identical(tmp_path):
     # killed mid-write or not, nothing half-written is left behind
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".tmp-")]
     assert len([p for p in run_dir.iterdir() if p.name.startswith("step-")]) <= 2
+
+
+KILL_WORKER = textwrap.dedent(
+    """
+    import pathlib, sys
+    import torch
+    torch.set_num_threads(1)
+    from sdlearn.schedulers import DDPMScheduler
+    from sdlearn.train import TrainConfig, diffusion_loss, train
+    from sdlearn.unet import UNet, UNetConfig
+
+    run_dir, started = sys.argv[1], pathlib.Path(sys.argv[2])
+    scheduler = DDPMScheduler(num_train_timesteps=100)
+
+    def loss_fn(model, x0, generator):  # the diffusion loss, and a sign for the test that training runs
+        started.touch()
+        return diffusion_loss(model, scheduler, x0, generator)
+
+    model = UNet(UNetConfig(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8,
+                            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                            up_block_types=("AttnUpBlock2D", "UpBlock2D")))
+    images = torch.rand(20, 1, 8, 8) * 2 - 1
+    config = TrainConfig(steps=10**6, batch_size=8, warmup_steps=5, checkpoint_every=10**6)
+    train(model, scheduler, images, config, run_dir=run_dir, progress=False, loss_fn=loss_fn)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-in-background"])
+def test_kill_checkpoints_and_stops(tmp_path, sig):
+    """`kill` (SIGTERM), and `kill -INT` of a background job (which starts with SIGINT ignored), stop training with a
+    checkpoint at the step reached, as Ctrl-C does."""
+    script, run_dir, started = tmp_path / "worker.py", tmp_path / "run", tmp_path / "started"
+    script.write_text(KILL_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir), str(started)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"training did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few steps
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0  # it stopped (with KeyboardInterrupt), it did not run on
+    assert checkpoint_step(run_dir) >= 1, f"no checkpoint written on {sig!r}: {proc.stderr.read().decode()[-2000:]}"
