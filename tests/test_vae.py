@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +213,21 @@ def test_encode_dataset_batches_and_mode():
     with torch.no_grad():
         torch.testing.assert_close(z, vae.encode(x).latent_dist.mode(), atol=1e-5, rtol=1e-5)
     assert not math.isnan(measure_scaling_factor(z))
+
+
+# ---------------------------------------------------------------------------- the shipped autoencoders
+@pytest.mark.parametrize("name", ["mnist-vae", "shapes-vae"])
+def test_shipped_scaling_factor_is_recomputed_from_training_data(name):
+    """config.scaling_factor = 1 / std of the training images' latents: recompute it from (part of) the data."""
+    from sdlearn.checkpoint import PRETRAINED_DIR
+    from sdlearn.recipes import get_recipe, training_images
+
+    if not (Path(PRETRAINED_DIR) / name / "config.json").is_file():
+        pytest.skip(f"{name} is not shipped in this checkout")
+    vae = AutoencoderKL.from_pretrained(name)
+    images = training_images(get_recipe(name).data)
+    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:2000]]  # every class
+    latents = encode_dataset(vae, images)
+    assert measure_scaling_factor(latents) == pytest.approx(vae.config.scaling_factor, rel=0.03)
+    z0 = latents * vae.config.scaling_factor
+    assert 0.9 < float(z0.std()) < 1.1  # the diffusion model sees latents of about unit variance
