@@ -307,16 +307,20 @@ def quality_table_markdown(results: dict) -> str:
     """The quality-against-steps table as Markdown, from the benchmark's JSON (``results["cells"]``)."""
     cells = results.get("cells", {})
     n, seeds = results.get("num_samples"), results.get("seeds", [])
-    lines = [f"| sampler | S | eta | Fréchet distance (mean ± sd) | confident share (mean ± sd) | seconds per run |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, cell in cells.items():
+    lines = [f"| sampler | S | eta | seeds | Fréchet distance (mean ± sd) | confident share (mean ± sd) "
+             "| seconds per run |", "|---|---:|---:|---:|---:|---:|---:|"]
+    order = {c.name: i for i, c in enumerate(QUALITY_CELLS)}
+    for name, cell in sorted(cells.items(), key=lambda item: order.get(item[0], len(order))):
         s = cell.get("summary")
         if s is None:
             continue
         eta = "" if cell.get("eta") is None else f"{cell['eta']:g}"
-        lines.append(f"| {cell['kind']} ({cell.get('spacing', '')}) | {cell['steps']} | {eta} | "
-                     f"{s['frechet_distance']:.2f} ± {s['frechet_distance_sd']:.2f} | "
-                     f"{100 * s['confident_share']:.1f}% ± {100 * s['confident_share_sd']:.1f} | {s['seconds']:.1f} |")
+        k = s.get("num_seeds", len(cell.get("runs", {})))
+        fd = f"{s['frechet_distance']:.2f}" + (f" ± {s['frechet_distance_sd']:.2f}" if k > 1 else "")
+        cs = f"{100 * s['confident_share']:.1f}%" + (f" ± {100 * s['confident_share_sd']:.1f}" if k > 1 else "")
+        lines.append(f"| {cell['kind']} ({cell.get('spacing', '')}) | {cell['steps']} | {eta} | {k} | {fd} | {cs} "
+                     f"| {s['seconds']:.1f} |")
+    missing = [c.name for c in QUALITY_CELLS if c.name not in cells and not results.get("quick")]
     notes = [f"{n} samples per run, seeds {seeds}; Fréchet distance to the 500 held-out digits in the "
              "classifier's features (lower is better)."]
     if "real_vs_real_frechet" in results:
@@ -329,6 +333,8 @@ def quality_table_markdown(results: dict) -> str:
             notes.append(f"Target {t['cell']}: Fréchet {t['frechet_ratio']:.2f}x {t['reference']} (≤ "
                          f"{TARGET['frechet_ratio']}), confident share {t['confident_points']:+.1f} points "
                          f"(at most {TARGET['confident_points']:g} below): **{'pass' if t['passes'] else 'FAIL'}**.")
+    if missing:
+        notes.append(f"Not measured yet: {', '.join(missing)}.")
     inversion = results.get("inversion", {}).get("rows")
     text = "\n".join(lines) + "\n\n" + " ".join(notes)
     if inversion:

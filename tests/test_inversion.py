@@ -338,8 +338,14 @@ def test_summarize_runs_and_targets():
 def test_quality_table_and_plot():
     results = fake_results()
     text = sv.quality_table_markdown(results)
-    assert "| DDIM (leading) | 50 | 0 | 12.00 ± 1.00 | 91.0% ± 1.0 | 2.0 |" in text
-    assert "| DDPM (leading) | 1000 |  | 10.00 ± 0.00 |" in text
+    assert "| DDIM (leading) | 50 | 0 | 3 | 12.00 ± 1.00 | 91.0% ± 1.0 | 2.0 |" in text
+    assert "| DDPM (leading) | 1000 |  | 3 | 10.00 ± 0.00 |" in text
+    assert text.index("| DDIM (leading) | 10 |") < text.index("| DDPM (leading)")  # the benchmark's cell order
+    assert "Not measured yet: DDIM S=10 eta=0.5" in text  # cells missing from the JSON are named
+    one_seed = fake_results()
+    one_seed["cells"]["DDPM S=1000"]["runs"] = {"0": {"frechet_distance": 9.0, "confident_share": 0.9, "seconds": 1.0}}
+    one_seed["cells"]["DDPM S=1000"]["summary"] = sv.summarize_runs(one_seed["cells"]["DDPM S=1000"]["runs"])
+    assert "| DDPM (leading) | 1000 |  | 1 | 9.00 | 90.0% | 1.0 |" in sv.quality_table_markdown(one_seed)  # no "± 0"
     assert "Real against real (500 training digits): 5.00" in text and "| 10 | 0.05000 | 13.0 | 0.70 | 1.0 |" in text
     fig = sv.plot_quality(results)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
