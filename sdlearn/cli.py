@@ -160,10 +160,19 @@ def cmd_gpu_check(args) -> int:
         print(f"GPU: {torch.cuda.get_device_name(0)}")
     started = time.time()
     timings: list[tuple[str, float, int]] = []
+    out = os.path.join(args.out, "benchmarks")
+    os.makedirs(out, exist_ok=True)
+    # results go to the gpu-check folder, never over the shipped ones; budgets sized for a few minutes in all
+    script_args = {
+        "sampler_quality.py": ["--out", os.path.join(out, "sampler_quality.json"), "--seeds", "1", "--no-progress"],
+        "pixel_vs_latent.py": ["--out", os.path.join(out, "pixel_vs_latent.json"), "--arms", "pixel,latent f=4",
+                               "--budget", "60"],
+    }
     for script in sorted(glob.glob(os.path.join(args.benchmarks, "*.py"))):
-        print(f"\n== {script}", flush=True)
+        extra = script_args.get(os.path.basename(script), [])
+        print(f"\n== {script} {' '.join(extra)}", flush=True)
         t0 = time.time()
-        status = subprocess.call([sys.executable, script])
+        status = subprocess.call([sys.executable, script, *extra])
         timings.append((script, time.time() - t0, status))
     print("\n== chapters in full mode (SDLEARN_FAST=0)", flush=True)
     t0 = time.time()
