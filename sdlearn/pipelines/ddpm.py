@@ -149,15 +149,19 @@ class DDPMPipeline:
     @classmethod
     def from_pretrained(cls, folder_or_name: str | os.PathLike) -> "DDPMPipeline":
         """Load a folder written by save_pretrained (or diffusers), or a shipped model by name ("mnist-ddpm")."""
-        folder = resolve_pretrained(folder_or_name)
-        index_path = os.path.join(folder, "model_index.json")
-        if not os.path.isfile(index_path):
-            raise FileNotFoundError(f"{folder!r} has no model_index.json; is it a pipeline folder?")
-        with open(index_path) as f:
-            index = json.load(f)
-        scheduler_name = index.get("scheduler", [None, "DDPMScheduler"])[1]
-        if scheduler_name not in SCHEDULER_CLASSES:
-            raise ValueError(f"Scheduler {scheduler_name!r} is not one sdlearn has ({sorted(SCHEDULER_CLASSES)}).")
-        scheduler = SCHEDULER_CLASSES[scheduler_name].from_pretrained(os.path.join(folder, "scheduler"))
-        unet = UNet.from_pretrained(os.path.join(folder, "unet"))
-        return cls(unet=unet, scheduler=scheduler)
+        folder, _, scheduler = read_pipeline_folder(folder_or_name)
+        return cls(unet=UNet.from_pretrained(os.path.join(folder, "unet")), scheduler=scheduler)
+
+
+def read_pipeline_folder(folder_or_name: str | os.PathLike) -> tuple[str, dict, object]:
+    """(folder, model_index.json's contents, the scheduler it names) of a pipeline folder or shipped name."""
+    folder = resolve_pretrained(folder_or_name)
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise FileNotFoundError(f"{folder!r} has no model_index.json; is it a pipeline folder?")
+    with open(index_path) as f:
+        index = json.load(f)
+    scheduler_name = index.get("scheduler", [None, "DDPMScheduler"])[1]
+    if scheduler_name not in SCHEDULER_CLASSES:
+        raise ValueError(f"Scheduler {scheduler_name!r} is not one sdlearn has ({sorted(SCHEDULER_CLASSES)}).")
+    return folder, index, SCHEDULER_CLASSES[scheduler_name].from_pretrained(os.path.join(folder, "scheduler"))

@@ -12,16 +12,15 @@ DDPMPipeline, plus ``output_type="latent"`` to get z_0 without decoding.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable
 
 import torch
 
-from ..checkpoint import atomic_write_json, resolve_pretrained
+from ..checkpoint import atomic_write_json
 from ..unet import UNet
 from ..vae import AutoencoderKL
-from .ddpm import SCHEDULER_CLASSES, DDPMPipeline, ImagePipelineOutput, to_output_type
+from .ddpm import DDPMPipeline, ImagePipelineOutput, read_pipeline_folder, to_output_type
 
 
 class LatentDiffusionPipeline(DDPMPipeline):
@@ -96,18 +95,9 @@ class LatentDiffusionPipeline(DDPMPipeline):
     @classmethod
     def from_pretrained(cls, folder_or_name: str | os.PathLike) -> "LatentDiffusionPipeline":
         """A folder written by save_pretrained, or a shipped model by name ("shapes-ldm")."""
-        folder = resolve_pretrained(folder_or_name)
-        index_path = os.path.join(folder, "model_index.json")
-        if not os.path.isfile(index_path):
-            raise FileNotFoundError(f"{folder!r} has no model_index.json; is it a pipeline folder?")
-        with open(index_path) as f:
-            index = json.load(f)
+        folder, index, scheduler = read_pipeline_folder(folder_or_name)
         if "vae" not in index:
             raise ValueError(f"{folder!r} holds a {index.get('_class_name')} without a vae: load it with "
                              "DDPMPipeline.from_pretrained.")
-        scheduler_name = index["scheduler"][1]
-        if scheduler_name not in SCHEDULER_CLASSES:
-            raise ValueError(f"Scheduler {scheduler_name!r} is not one sdlearn has ({sorted(SCHEDULER_CLASSES)}).")
-        scheduler = SCHEDULER_CLASSES[scheduler_name].from_pretrained(os.path.join(folder, "scheduler"))
         return cls(vae=AutoencoderKL.from_pretrained(os.path.join(folder, "vae")),
                    unet=UNet.from_pretrained(os.path.join(folder, "unet")), scheduler=scheduler)
