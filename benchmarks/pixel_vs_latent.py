@@ -126,7 +126,7 @@ def child(arm: str, what: str, args) -> dict:
     elif what == "quality":
         from sdlearn.data import load_shapes
         from sdlearn.evaluate_latent import sample_shapes
-        from sdlearn.shapes import shapes_report
+        from sdlearn.shapes_checker import shapes_report
 
         images = load_shapes("train", num_images=args.num_train).images
         start = time.perf_counter()

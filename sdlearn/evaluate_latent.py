@@ -83,7 +83,7 @@ def evaluate_vae(name: str, num_images: int | None = None, recipe: str | None = 
         report["read_same_what"] = "classifier's label of the reconstruction == the digit's label"
         report["classifier_on_originals"] = (probs_orig.argmax(1) == torch.tensor(labels)).float().mean().item()
     else:
-        from .shapes import matches, read_shapes_batch
+        from .shapes_checker import matches, read_shapes_batch
 
         readings = read_shapes_batch(rec)
         report["read_same"] = sum(matches(r, s) for r, s in zip(readings, labels)) / len(labels)
@@ -112,7 +112,7 @@ def sample_shapes(pipeline, num_samples: int, num_inference_steps: int, seed: in
 def evaluate_ldm(name: str = "shapes-ldm", num_samples: int = 256, num_inference_steps: int = 1000, seed: int = 0,
                  progress: bool = True, batch_size: int = 64) -> tuple[dict, torch.Tensor]:
     from .pipelines import LatentDiffusionPipeline
-    from .shapes import shapes_report
+    from .shapes_checker import shapes_report
 
     pipeline = LatentDiffusionPipeline.from_pretrained(name)
     started = time.time()
@@ -210,7 +210,7 @@ python -m sdlearn evaluate {name}
 
 ## Measured quality
 {report['n']} samples, {report['num_inference_steps']} steps of {report['scheduler']}, seed {report['seed']}, read by the
-attribute checker (`sdlearn.shapes.shapes_report`):
+attribute checker (`sdlearn.shapes_checker.shapes_report`):
 - well-formed shapes of a known colour: **{report['well_formed_share']:.1%}** (bar: >= 90%)
 - colours among well-formed samples: {report['colour_counts']}; missing: {report['missing_colours'] or 'none'}
 - shapes: {report['shape_counts']}; missing: {report['missing_shapes'] or 'none'}

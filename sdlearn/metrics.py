@@ -7,7 +7,7 @@
 - confident share: the fraction of samples classified with max softmax probability >= 0.9.
 - Frechet distance (Heusel et al. 2017, the "FID" formula, on this classifier's penultimate
   features instead of Inception's): ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)).
-- Shapes: ``read_shapes`` reads colour, shape, size and position back from a shapes image (defined in sdlearn.shapes).
+- Shapes: ``read_shapes`` reads colour, shape, size and position back from a shapes image (defined in sdlearn.shapes_checker).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def classifier_report(model: DigitClassifier, seed: int = 1234) -> dict:
     return report
 
 
-# The attribute checker for shapes images (chapters 3-5), defined in sdlearn.shapes.
-from .shapes import (  # noqa: E402
+# The attribute checker for shapes images (chapters 3-5), defined in sdlearn.shapes_checker.
+from .shapes_checker import (  # noqa: E402
     ShapeReading, attribute_accuracy, matches, read_shapes, read_shapes_batch, shapes_report,
 )

@@ -206,26 +206,6 @@ def test_every_exercise_has_metadata_and_a_check():
         assert grading.CHECKS[exercise_id].__doc__, f"{exercise_id}'s check needs a docstring naming its equation"
 
 
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_correct_implementation_passes(exercise_id, capsys):
-    check(exercise_id, CORRECT[exercise_id])
-    assert f"✓ {exercise_id}: all checks passed" in capsys.readouterr().out
-    assert run_check(exercise_id, CORRECT[exercise_id]) == (True, f"✓ {exercise_id}: all checks passed")
-
-
-@pytest.mark.parametrize("exercise_id, fn, expected", MISTAKES,
-                         ids=[f"{e}-{k}-{i}" for i, (e, _, k) in enumerate(MISTAKES)])
-def test_planted_mistake_is_caught_and_named(exercise_id, fn, expected):
-    with pytest.raises(CheckFailed) as info:
-        check(exercise_id, fn)
-    message = str(info.value)
-    assert isinstance(info.value, AssertionError)
-    assert EXERCISES[exercise_id].equation in message
-    assert expected_text(expected) in message, message
-    passed, feedback = run_check(exercise_id, fn)
-    assert not passed and feedback == message
-
-
 def test_noise_at_last_step_mentions_t0():
     _, feedback = run_check("ch02.ddpm_step", make_ddpm_step(noise_at_t0=True))
     assert "t = 0" in feedback and "last step" in feedback
@@ -281,18 +261,6 @@ def test_run_check_never_raises():
         passed, feedback = run_check(exercise_id, fn)
         assert passed is False and isinstance(feedback, str) and feedback
     assert "no.such.exercise" in run_check("no.such.exercise", print)[1]
-
-
-def test_feedback_never_shows_reference_code():
-    """Feedback quotes the learner's own line and the math, never a line of sdlearn.grading's code."""
-    code_lines = [line.strip() for line in grading_source().splitlines()
-                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
-    code_lines = [line for line in code_lines if len(line) > 15]
-    assert len(code_lines) > 50
-    for exercise_id, fn, _ in MISTAKES:
-        _, feedback = run_check(exercise_id, fn)
-        leaked = [line for line in code_lines if line in feedback]
-        assert not leaked, (exercise_id, leaked)
 
 
 # The only sdlearn names sdlearn.grading imports from outside itself: the models and schedulers that chapter 4's
@@ -428,33 +396,6 @@ CH06_MISTAKES = [
     ("ch06.euler_step", make_euler_step(scale_input=True), "scaled_input"),
     ("ch06.euler_step", make_euler_step(to_x0=True), "x0_for_step"),
 ]
-
-
-@pytest.mark.parametrize("exercise_id", sorted(CH06_CORRECT))
-def test_ch06_correct_implementation_passes(exercise_id, capsys):
-    check(exercise_id, CH06_CORRECT[exercise_id])
-    assert f"✓ {exercise_id}: all checks passed" in capsys.readouterr().out
-    assert run_check(exercise_id, CH06_CORRECT[exercise_id])[0]
-
-
-@pytest.mark.parametrize("exercise_id, fn, expected", CH06_MISTAKES,
-                         ids=[f"{e}-{k}-{i}" for i, (e, _, k) in enumerate(CH06_MISTAKES)])
-def test_ch06_planted_mistake_is_caught_and_named(exercise_id, fn, expected):
-    with pytest.raises(CheckFailed) as info:
-        check(exercise_id, fn)
-    message = str(info.value)
-    assert EXERCISES[exercise_id].equation in message
-    assert expected_text(expected) in message, message
-    assert run_check(exercise_id, fn) == (False, message)
-
-
-def test_ch06_feedback_never_shows_reference_code():
-    code_lines = [line.strip() for line in grading_source().splitlines()
-                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
-    code_lines = [line for line in code_lines if len(line) > 15]
-    for exercise_id, fn, _ in CH06_MISTAKES:
-        _, feedback = run_check(exercise_id, fn)
-        assert not [line for line in code_lines if line in feedback], exercise_id
 
 
 def test_ch06_alpha_trap_feedback_names_the_ddim_paper():
@@ -653,35 +594,6 @@ LATENT_MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id", sorted(LATENT_CORRECT))
-def test_latent_correct_implementation_passes(exercise_id, capsys):
-    check(exercise_id, LATENT_CORRECT[exercise_id])
-    assert f"✓ {exercise_id}: all checks passed" in capsys.readouterr().out
-    assert run_check(exercise_id, LATENT_CORRECT[exercise_id])[0]
-
-
-@pytest.mark.filterwarnings("ignore:call scale_model_input")  # sdlearn's Euler warns about that planted mistake
-@pytest.mark.parametrize("exercise_id, fn, expected", LATENT_MISTAKES,
-                         ids=[f"{e}-{k}-{i}" for i, (e, _, k) in enumerate(LATENT_MISTAKES)])
-def test_latent_planted_mistake_is_caught_and_named(exercise_id, fn, expected):
-    with pytest.raises(CheckFailed) as info:
-        check(exercise_id, fn)
-    message = str(info.value)
-    assert EXERCISES[exercise_id].equation in message
-    assert expected_text(expected) in message, message
-    assert run_check(exercise_id, fn) == (False, message)
-
-
-@pytest.mark.filterwarnings("ignore:call scale_model_input")
-def test_latent_feedback_never_shows_reference_code():
-    code_lines = [line.strip() for line in grading_source().splitlines()
-                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
-    code_lines = [line for line in code_lines if len(line) > 15]
-    for exercise_id, fn, _ in LATENT_MISTAKES:
-        _, feedback = run_check(exercise_id, fn)
-        assert not [line for line in code_lines if line in feedback], exercise_id
-
-
 def test_latent_library_functions_pass_the_checks():
     """sdlearn's posterior, scale factor and latent pipeline agree with grading's first-principles references."""
     from sdlearn.pipelines import LatentDiffusionPipeline
@@ -740,3 +652,46 @@ def test_latent_checks_leave_the_random_state_alone():
     for exercise_id, fn in LATENT_CORRECT.items():
         run_check(exercise_id, fn)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# ============================================================================ every chapter's exercises alike
+ALL_CORRECT = {**CORRECT, **CH06_CORRECT, **LATENT_CORRECT}
+ALL_MISTAKES = MISTAKES + CH06_MISTAKES + LATENT_MISTAKES
+
+
+def test_every_exercise_has_a_correct_version_and_a_planted_mistake():
+    assert set(ALL_CORRECT) == set(EXERCISES)
+    assert {exercise_id for exercise_id, _, _ in ALL_MISTAKES} == set(EXERCISES)
+
+
+@pytest.mark.parametrize("exercise_id", sorted(ALL_CORRECT))
+def test_correct_implementation_passes(exercise_id, capsys):
+    check(exercise_id, ALL_CORRECT[exercise_id])
+    assert f"✓ {exercise_id}: all checks passed" in capsys.readouterr().out
+    assert run_check(exercise_id, ALL_CORRECT[exercise_id]) == (True, f"✓ {exercise_id}: all checks passed")
+
+
+@pytest.mark.filterwarnings("ignore:call scale_model_input")  # sdlearn's Euler warns about that planted mistake
+@pytest.mark.parametrize("exercise_id, fn, expected", ALL_MISTAKES,
+                         ids=[f"{e}-{k}-{i}" for i, (e, _, k) in enumerate(ALL_MISTAKES)])
+def test_planted_mistake_is_caught_and_named(exercise_id, fn, expected):
+    with pytest.raises(CheckFailed) as info:
+        check(exercise_id, fn)
+    message = str(info.value)
+    assert isinstance(info.value, AssertionError)
+    assert EXERCISES[exercise_id].equation in message
+    assert expected_text(expected) in message, message
+    assert run_check(exercise_id, fn) == (False, message)
+
+
+@pytest.mark.filterwarnings("ignore:call scale_model_input")
+def test_feedback_never_shows_reference_code():
+    """Feedback quotes the learner's own line and the math, never a line of sdlearn.grading's code."""
+    code_lines = [line.strip() for line in grading_source().splitlines()
+                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
+    code_lines = [line for line in code_lines if len(line) > 15]
+    assert len(code_lines) > 50
+    for exercise_id, fn, _ in ALL_MISTAKES:
+        _, feedback = run_check(exercise_id, fn)
+        leaked = [line for line in code_lines if line in feedback]
+        assert not leaked, (exercise_id, leaked)

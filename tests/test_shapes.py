@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from sdlearn import shapes as sh
+from sdlearn import shapes_checker as checker
 from sdlearn.metrics import gaussian_blur
 from sdlearn.shapes import (
-    COLOURS, PALETTE, SHAPES, SIZES, ShapeSpec, attribute_accuracy, load_shapes, make_shapes, matches,
-    parse_caption, read_shapes, read_shapes_batch, render, render_coverage, shapes_report,
+    COLOURS, PALETTE, SHAPES, SIZES, ShapeSpec, load_shapes, make_shapes, parse_caption, render, render_coverage,
 )
+from sdlearn.shapes_checker import attribute_accuracy, matches, read_shapes, read_shapes_batch, shapes_report
 
 N_CHECK = 300  # images per checker measurement
 N_REJECT = 200  # images per rejection category
@@ -185,7 +186,7 @@ def test_matches_accepts_parsed_captions(held_out):
     readings = read_shapes_batch(held_out.images[:100])
     assert np.mean([matches(r, parse_caption(c)) for r, c in zip(readings, held_out.captions)]) >= 0.98
     # two shapes that differ (for two alike, "A above B" and "A below B" are both true)
-    two = [i for i in range(100) if len(held_out.specs[i]) == 2 and sh._attributes(held_out.specs[i][0]) != sh._attributes(held_out.specs[i][1])]
+    two = [i for i in range(100) if len(held_out.specs[i]) == 2 and checker._attributes(held_out.specs[i][0]) != checker._attributes(held_out.specs[i][1])]
     flip = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
     for i in two:  # the opposite relation must fail
         parsed = parse_caption(held_out.captions[i])
@@ -311,7 +312,7 @@ def test_label_components_agrees_with_scipy():
     rng = np.random.default_rng(0)
     for density in (0.2, 0.45, 0.6):
         mask = rng.random((40, 50)) < density
-        ours, n = sh.label_components(mask)
+        ours, n = checker.label_components(mask)
         ref, n_ref = ndimage.label(mask, structure=np.ones((3, 3)))
         assert n == n_ref
         pairs = set(zip(ours[mask].tolist(), ref[mask].tolist()))
