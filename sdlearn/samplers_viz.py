@@ -43,28 +43,32 @@ def _figure(width: float, height: float) -> Figure:
 
 # ============================================================================ the chapter's samplers
 class DDIMWithEta:
-    """A DDIMScheduler whose ``step`` uses ``eta`` unless told otherwise; everything else is the scheduler's.
+    """A DDIMScheduler whose ``step`` uses ``eta`` (and ``use_clipped_model_output``) unless told otherwise;
+    everything else is the scheduler's.
 
     DDPMPipeline's loop (like diffusers' DDPMPipeline) calls ``step(model_output, t, x_t, generator=...)``
     without an eta; diffusers' DDIMPipeline takes ``eta`` as a call argument instead.
     """
 
-    def __init__(self, scheduler: DDIMScheduler, eta: float):
+    def __init__(self, scheduler: DDIMScheduler, eta: float, use_clipped_model_output: bool = False):
         if not isinstance(scheduler, DDIMScheduler):
             raise TypeError(f"DDIMWithEta wraps a DDIMScheduler, got {type(scheduler).__name__}.")
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1] (0 = DDIM, 1 = DDPM's variance, DDIM eq. 16), got {eta}.")
         self.scheduler, self.eta = scheduler, float(eta)
+        self.use_clipped_model_output = bool(use_clipped_model_output)
 
     def step(self, *args, **kwargs):
         kwargs.setdefault("eta", self.eta)
+        kwargs.setdefault("use_clipped_model_output", self.use_clipped_model_output)
         return self.scheduler.step(*args, **kwargs)
 
     def __getattr__(self, name):  # set_timesteps, timesteps, init_noise_sigma, scale_model_input, config, ...
         return getattr(self.__dict__["scheduler"], name)
 
     def __repr__(self) -> str:
-        return f"DDIMWithEta({type(self.scheduler).__name__}, eta={self.eta})"
+        return (f"DDIMWithEta({type(self.scheduler).__name__}, eta={self.eta}, "
+                f"use_clipped_model_output={self.use_clipped_model_output})")
 
 
 # Euler and DPM-Solver++ use their diffusers default grid ("linspace": it starts at T - 1, where x_T is pure noise);
@@ -72,18 +76,23 @@ class DDIMWithEta:
 OWN_SPACING = {"Euler": "linspace", "DPM-Solver++": "linspace"}
 
 
-def make_sampler(kind: str, config: dict, eta: float = 0.0):
+def make_sampler(kind: str, config: dict, eta: float = 0.0, use_clipped_model_output: bool = True):
     """One of the chapter's samplers, built from a scheduler ``config`` (e.g. ``pipe.scheduler.config``).
 
     kind: "DDPM" (ancestral sampling, Algorithm 2, as configured), "DDIM" (with ``eta``, DDIM eq. 16),
     "Euler" (probability-flow ODE, Karras et al. 2022) or "DPM-Solver++" (2M, Lu et al. 2022).
     Each works in any pipeline: ``DDPMPipeline(unet, make_sampler("DDIM", pipe.scheduler.config, eta=0.5))``.
+
+    ``use_clipped_model_output`` (DDIM with ``clip_sample``, as mnist-ddpm is configured): step with the noise that
+    the *clipped* x0_pred implies, so that x0_pred and eps_pred describe the same x_t (chapter 6, section 7).
+    True here; diffusers' and sdlearn's DDIMScheduler.step default to False, which moves x_t by the whole clipping
+    correction at every step: harmless for a few steps, visible as speckles after hundreds.
     """
     config = dict(config)
     if kind == "DDPM":
         return DDPMScheduler.from_config(config)
     if kind == "DDIM":
-        return DDIMWithEta(DDIMScheduler.from_config(config), eta)
+        return DDIMWithEta(DDIMScheduler.from_config(config), eta, use_clipped_model_output)
     if kind == "Euler":
         return EulerDiscreteScheduler.from_config(config, timestep_spacing=OWN_SPACING["Euler"])
     if kind == "DPM-Solver++":
@@ -171,15 +180,47 @@ def plot_samplers(samples: dict, nrow: int | None = None) -> Figure:
 # ============================================================================ the eta and steps sliders
 @torch.no_grad()
 def ddim_samples(unet, config: dict, x_T: torch.Tensor, eta: float, num_inference_steps: int,
-                 seed: int = 0) -> torch.Tensor:
+                 seed: int = 0, use_clipped_model_output: bool = True) -> torch.Tensor:
     """DDIM samples (B, C, H, W) in [-1, 1] from the fixed noise ``x_T``; eta > 0 draws from a generator seeded
     ``seed``."""
     from .pipelines import DDPMPipeline
 
-    pipe = DDPMPipeline(unet, make_sampler("DDIM", config, eta=eta))
+    pipe = DDPMPipeline(unet, make_sampler("DDIM", config, eta=eta, use_clipped_model_output=use_clipped_model_output))
     images = pipe(batch_size=len(x_T), num_inference_steps=num_inference_steps, latents=x_T,
                   generator=torch.Generator().manual_seed(seed), output_type="pt", progress=False).images
     return images * 2 - 1
+
+
+# ============================================================================ clipping and the deterministic sampler
+CLIPPING_LABELS = {False: "DDIM, the model's eps (diffusers' default)",
+                   True: "DDIM, the eps of the clipped x0 (use_clipped_model_output)"}
+
+
+def clipping_samples(unet, config: dict, x_T: torch.Tensor, num_inference_steps: int) -> dict:
+    """DDIM (eta = 0) from the same ``x_T`` twice, for a model configured with ``clip_sample``: stepping with the
+    model's own eps_pred next to the clipped x0_pred (DDIMScheduler.step's default, as in diffusers), and with the
+    eps_pred that the clipped x0_pred implies. Returns {label: samples (B, C, H, W) in [-1, 1]} (CLIPPING_LABELS)."""
+    if not dict(config).get("clip_sample"):
+        raise ValueError("clipping_samples compares two ways of clipping; the configuration has clip_sample=False, "
+                         "so both would be the same sampler. Pass a configuration with clip_sample=True.")
+    return {CLIPPING_LABELS[u]: ddim_samples(unet, config, x_T, 0.0, num_inference_steps, use_clipped_model_output=u)
+            for u in (False, True)}
+
+
+def stray_ink(images: torch.Tensor, threshold: float = -0.5, window: int = 5, max_count: int = 4) -> float:
+    """Share of pixels that are "stray ink": brighter than ``threshold`` (images in [-1, 1]), with at most
+    ``max_count`` bright pixels (itself included) in the ``window`` x ``window`` block around them. A digit's stroke
+    is 2-3 pixels wide and connected, so its pixels have more bright neighbours; specks of noise have fewer."""
+    x = torch.as_tensor(images).float()
+    if x.ndim != 4:
+        raise ValueError(f"stray_ink takes images (B, C, H, W), got shape {tuple(x.shape)}.")
+    if window % 2 != 1:
+        raise ValueError(f"window must be odd (a block centred on the pixel), got {window}.")
+    bright = (x > threshold).float()
+    block_count = torch.nn.functional.avg_pool2d(bright, window, stride=1, padding=window // 2,
+                                                 count_include_pad=True) * window**2  # bright pixels in each block
+    stray = (bright > 0) & (block_count.round() <= max_count)
+    return float(stray.float().mean())
 
 
 def eta_steps_frame(unet, config: dict, x_T: torch.Tensor, eta: float, num_inference_steps: int,
@@ -307,7 +348,7 @@ def quality_table_markdown(results: dict) -> str:
     """The quality-against-steps table as Markdown, from the benchmark's JSON (``results["cells"]``)."""
     cells = results.get("cells", {})
     n, seeds = results.get("num_samples"), results.get("seeds", [])
-    lines = [f"| sampler | S | eta | seeds | Fréchet distance (mean ± sd) | confident share (mean ± sd) "
+    lines = ["| sampler | S | eta | seeds | Fréchet distance (mean ± sd) | confident share (mean ± sd) "
              "| seconds per run |", "|---|---:|---:|---:|---:|---:|---:|"]
     order = {c.name: i for i, c in enumerate(QUALITY_CELLS)}
     for name, cell in sorted(cells.items(), key=lambda item: order.get(item[0], len(order))):

@@ -216,6 +216,17 @@ def test_ddim_with_eta_passes_eta_and_everything_else_through():
     got = wrapped.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(wrapped.step(out, t, x, eta=0.0).prev_sample, sched.step(out, t, x).prev_sample)
+    clip = DDIMScheduler(clip_sample=True)
+    clip.set_timesteps(10)
+    big = torch.full((2, 1, 4, 4), 3.0)  # x0_pred far outside [-1, 1] at t = 900: the clipping matters
+    for use_clipped in (False, True):
+        got = sv.DDIMWithEta(clip, 0.0, use_clipped_model_output=use_clipped).step(out, 900, big).prev_sample
+        want = clip.step(out, 900, big, use_clipped_model_output=use_clipped).prev_sample
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(clip.step(out, 900, big).prev_sample,
+                              clip.step(out, 900, big, use_clipped_model_output=True).prev_sample)
+    assert sv.make_sampler("DDIM", clip.config).use_clipped_model_output  # the chapter's and benchmark's choice
+    assert not sv.make_sampler("DDIM", clip.config, use_clipped_model_output=False).use_clipped_model_output
     with pytest.raises(ValueError, match="eta must be in"):
         sv.DDIMWithEta(DDIMScheduler(), 1.5)
     with pytest.raises(TypeError, match="wraps a DDIMScheduler"):
@@ -289,6 +300,37 @@ def test_eta_steps_frame_is_a_plain_function(tiny_unet):
     np.testing.assert_allclose(frame, image_grid(want, nrow=3), atol=1e-6)
     fig = sv.plot_eta_steps(tiny_unet, config, x_T, etas=(0.0, 1.0), steps=(2, 3))
     assert isinstance(fig, Figure) and len(fig.axes) == 4
+
+
+def test_clipping_samples_differ_only_by_the_noise_used(tiny_unet):
+    config = DDPMScheduler(clip_sample=True).config
+    x_T = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    rows = sv.clipping_samples(tiny_unet, config, x_T, 6)
+    assert list(rows) == [sv.CLIPPING_LABELS[False], sv.CLIPPING_LABELS[True]]
+    for use_clipped in (False, True):
+        want = DDPMPipeline(tiny_unet, sv.make_sampler("DDIM", config, use_clipped_model_output=use_clipped))(
+            batch_size=3, num_inference_steps=6, latents=x_T, output_type="pt", progress=False).images * 2 - 1
+        torch.testing.assert_close(rows[sv.CLIPPING_LABELS[use_clipped]], want)
+    assert not torch.allclose(*rows.values())  # an untrained UNet's x0_pred is clipped: the two paths part
+    with pytest.raises(ValueError, match="clip_sample=False"):
+        sv.clipping_samples(tiny_unet, DDPMScheduler(clip_sample=False).config, x_T, 6)
+
+
+def test_stray_ink_counts_specks_not_strokes():
+    img = -torch.ones(1, 1, 16, 16)
+    assert sv.stray_ink(img) == 0
+    stroke = img.clone()
+    stroke[0, 0, 3:13, 7:9] = 1.0  # a 10 x 2 stroke: every pixel has >= 6 bright pixels in its 5 x 5 block
+    assert sv.stray_ink(stroke) == 0
+    specks = stroke.clone()
+    specks[0, 0, 1, 1] = 0.8  # a lone pixel far from the stroke
+    specks[0, 0, 13:15, 13:15] = 0.5  # a 2 x 2 speck: 4 bright pixels in each block, still stray
+    assert sv.stray_ink(specks) == pytest.approx(5 / 256)
+    assert sv.stray_ink(specks, threshold=0.6) == pytest.approx(1 / 256)  # the dim speck is below this threshold
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        sv.stray_ink(torch.zeros(16, 16))
+    with pytest.raises(ValueError, match="odd"):
+        sv.stray_ink(img, window=4)
 
 
 def test_eta_steps_slider_redraws(tiny_unet):

@@ -90,6 +90,34 @@ def test_ddim_with_eta_1_is_ddpm_ancestral_sampling(prediction):
         x = b.prev_sample
 
 
+def test_clipped_ddim_with_eta_1_is_ddpm_only_with_the_clipped_noise():
+    """With clip_sample (DDPM's default, and mnist-ddpm's), DDPM's posterior mean (eq. 7) combines clip(x0_pred) and
+    x_t, so the clipping correction enters with the small weight beta_t sqrt(alpha_bar_prev) / (1 - alpha_bar_t).
+    DDIM (eq. 12) combines clip(x0_pred) with the *model's* eps: x0_pred and eps_pred then describe different x_t, and
+    the whole correction sqrt(alpha_bar_prev) (clip(x0) - x0) is added at every step. With use_clipped_model_output
+    (eps recomputed from the clipped x0_pred) DDIM with eta = 1 on the full grid is DDPM's step again."""
+    ddim, ddpm = DDIMScheduler(clip_sample=True), DDPMScheduler(clip_sample=True)
+    ddim.set_timesteps(1000)
+    ddpm.set_timesteps(1000)
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(2, 1, 4, 4, generator=g)
+    noise = [torch.randn(x_T.shape, generator=g) for _ in range(1000)]
+    final, clipped_steps = {}, 0
+    for use_clipped in (True, False):
+        x = y = x_T
+        for t, z in zip(ddim.timesteps, noise):
+            a = ddim.step(dummy_model(x, t), t, x, eta=1.0, variance_noise=z, use_clipped_model_output=use_clipped)
+            b = ddpm.step(dummy_model(x, t), t, x, variance_noise=z)
+            if use_clipped:  # step by step, from the same x_t
+                torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-4, atol=1e-4)
+                clipped_steps += bool((a.pred_original_sample.abs() >= 1).any())
+            x, y = a.prev_sample, ddpm.step(dummy_model(y, t), t, y, variance_noise=z).prev_sample
+        final[use_clipped] = (x, y)
+    assert clipped_steps > 100  # the dummy model's x0_pred leaves [-1, 1] often: the test exercises the clipping
+    torch.testing.assert_close(*final[True], rtol=1e-3, atol=1e-3)  # whole loops agree
+    assert (final[False][0] - final[False][1]).abs().max() > 0.1  # the model's own eps: another sampler
+
+
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_ddim_step_is_eq12_in_float64(prediction, eta):
