@@ -103,3 +103,11 @@ def test_pipeline_eta_is_ddims():
     assert not torch.allclose(eta0, eta1)
     with pytest.raises(ValueError, match="DDIMScheduler only"):
         DDPMPipeline(unet, DDPMScheduler(num_train_timesteps=100))(eta=0.5, **kw)
+    # use_clipped_model_output, as in diffusers' DDIMPipeline: the clipped x0's noise (the default DDIM clips, too)
+    clip = DDPMPipeline(unet, DDIMScheduler(num_train_timesteps=100, clip_sample=True, clip_sample_range=0.1))
+    own = clip(generator=torch.Generator().manual_seed(3), **kw).images
+    assert torch.equal(own, clip(generator=torch.Generator().manual_seed(3), use_clipped_model_output=False, **kw).images)
+    implied = clip(generator=torch.Generator().manual_seed(3), use_clipped_model_output=True, **kw).images
+    assert not torch.allclose(own, implied)
+    with pytest.raises(ValueError, match="use_clipped_model_output applies to DDIMScheduler only"):
+        DDPMPipeline(unet, DDPMScheduler(num_train_timesteps=100))(use_clipped_model_output=True, **kw)

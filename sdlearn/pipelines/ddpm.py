@@ -81,35 +81,41 @@ class DDPMPipeline:
         callback_on_step_end: Callable | None = None,
         progress: bool = True,
         eta: float | None = None,
+        use_clipped_model_output: bool | None = None,
     ) -> ImagePipelineOutput:
         """Sample ``batch_size`` images with ``num_inference_steps`` reverse steps.
 
         ``callback_on_step_end(pipeline, i, t, info)`` is called after every step with
         ``info = {"x_t": ..., "model_output": ..., "x0_pred": ..., "x_prev": ...}``.
         ``eta`` (DDIMScheduler only) sets DDIM's noise level: 0 deterministic, 1 DDPM-like.
+        ``use_clipped_model_output`` (DDIMScheduler only, as in diffusers' DDIMPipeline; None passes nothing): with
+        ``clip_sample``, step with the noise the clipped x0 prediction implies (chapter 6, section 7).
         The same ``generator`` seed gives the same images.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         c = self.unet.config
         x0 = self.denoise((batch_size, c.in_channels, c.sample_size, c.sample_size), num_inference_steps, generator,
-                          latents, callback_on_step_end, progress, eta)
+                          latents, callback_on_step_end, progress, eta, use_clipped_model_output)
         return ImagePipelineOutput(images=to_output_type(x0, output_type))
 
     def denoise(self, shape: tuple[int, ...], num_inference_steps: int, generator: torch.Generator | None = None,
                 latents: torch.Tensor | None = None, callback_on_step_end: Callable | None = None,
-                progress: bool = True, eta: float | None = None) -> torch.Tensor:
+                progress: bool = True, eta: float | None = None,
+                use_clipped_model_output: bool | None = None) -> torch.Tensor:
         """The reverse process from x_T ~ N(0, I) (or ``latents``) to x_0, shaped ``shape``: the loop above."""
         from tqdm.auto import tqdm
 
         if shape[0] < 1:
             raise ValueError(f"batch_size must be at least 1, got {shape[0]}.")
         step_kwargs = {}
-        if eta is not None:
-            if "eta" not in inspect.signature(self.scheduler.step).parameters:
-                raise ValueError(f"eta applies to DDIMScheduler only; {type(self.scheduler).__name__} has no eta. "
-                                 "Use DDIMScheduler.from_config(pipe.scheduler.config).")
-            step_kwargs["eta"] = eta
+        for name, value in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output)):
+            if value is None:
+                continue
+            if name not in inspect.signature(self.scheduler.step).parameters:
+                raise ValueError(f"{name} applies to DDIMScheduler only; {type(self.scheduler).__name__} has no "
+                                 f"{name}. Use DDIMScheduler.from_config(pipe.scheduler.config).")
+            step_kwargs[name] = value
         shape = tuple(shape)
         device = self.device
         if latents is None:
