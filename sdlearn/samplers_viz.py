@@ -366,6 +366,9 @@ def quality_table_markdown(results: dict) -> str:
              "classifier's features (lower is better)."]
     if "real_vs_real_frechet" in results:
         notes.append(f"Real against real (500 training digits): {results['real_vs_real_frechet']:.2f}.")
+    ddim_runs = [run for cell in cells.values() if cell.get("kind") == "DDIM" for run in cell.get("runs", {}).values()]
+    if ddim_runs and all(run.get("options", {}).get("use_clipped_model_output") for run in ddim_runs):
+        notes.append("DDIM steps with the noise of the clipped x0 prediction (use_clipped_model_output).")
     if results.get("device"):
         machine = f" ({results['machine']})" if results.get("machine") else ""
         notes.append(f"Times on {results['device']}{machine}.")

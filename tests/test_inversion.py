@@ -31,7 +31,6 @@ from sdlearn.inversion import (
 )
 from sdlearn.pipelines import DDPMPipeline
 from sdlearn.schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from sdlearn.unet import UNet
 from sdlearn.viz import TrajectoryRecorder, image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -391,6 +390,11 @@ def test_quality_table_and_plot():
     assert "Real against real (500 training digits): 5.00" in text and "| 10 | 0.05000 | 13.0 | 0.70 | 1.0 |" in text
     fig = sv.plot_quality(results)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert "use_clipped_model_output" not in text  # the fake DDIM runs record no options
+    for name in ("DDIM S=10 eta=0", "DDIM S=50 eta=0"):
+        for run in results["cells"][name]["runs"].values():
+            run["options"] = {"use_clipped_model_output": True}
+    assert "DDIM steps with the noise of the clipped x0 prediction" in sv.quality_table_markdown(results)
 
 
 # ---------------------------------------------------------------------------- the benchmark script
@@ -412,6 +416,21 @@ def test_benchmark_starts_afresh_for_another_model(tmp_path):
     assert bench.load_results(path, identity, 16, fresh=True)["cells"] == {}
     assert bench.load_results(path, dict(identity, step=2), 16, fresh=False)["cells"] == {}  # another model
     assert (tmp_path / "q.stale.json").is_file() and not path.exists()
+
+
+def test_benchmark_measures_again_runs_with_other_sampler_options():
+    bench = load_benchmark()
+    assert bench.sampler_options("DDIM") == {"use_clipped_model_output": True} and bench.sampler_options("Euler") == {}
+    results = fake_results()  # no run records options: the DDIM runs were made with other ones
+    results["cells"]["DDIM S=50 eta=0"]["runs"]["1"]["options"] = {"use_clipped_model_output": True}
+    dropped = bench.drop_other_options(results)
+    assert dropped == ["DDIM S=10 eta=0, seed 0", "DDIM S=10 eta=0, seed 1", "DDIM S=10 eta=0, seed 2",
+                       "DDIM S=50 eta=0, seed 0", "DDIM S=50 eta=0, seed 2"]
+    assert "DDIM S=10 eta=0" not in results["cells"]  # no run left: the cell goes
+    kept = results["cells"]["DDIM S=50 eta=0"]
+    assert list(kept["runs"]) == ["1"] and kept["summary"]["num_seeds"] == 1 and kept["summary"]["frechet_distance"] == 12
+    assert len(results["cells"]["DDPM S=1000"]["runs"]) == 3  # other samplers keep their runs
+    assert bench.drop_other_options(results) == []
 
 
 @pytest.mark.slow
