@@ -58,10 +58,19 @@ class DDIMWithEta:
         self.scheduler, self.eta = scheduler, float(eta)
         self.use_clipped_model_output = bool(use_clipped_model_output)
 
-    def step(self, *args, **kwargs):
-        kwargs.setdefault("eta", self.eta)
-        kwargs.setdefault("use_clipped_model_output", self.use_clipped_model_output)
-        return self.scheduler.step(*args, **kwargs)
+    def step(self, model_output, timestep, sample, eta: float | None = None,
+             use_clipped_model_output: bool | None = None, generator=None, variance_noise=None):
+        """DDIMScheduler.step with the wrapper's ``eta`` and ``use_clipped_model_output`` where none is given.
+
+        The signature is DDIMScheduler.step's, so a pipeline that asks "does step take eta?" gets a true answer:
+        ``DDPMPipeline(unet, make_sampler("DDIM", config))(eta=0.5)`` overrides the wrapper's eta for that call.
+        """
+        return self.scheduler.step(
+            model_output, timestep, sample,
+            eta=self.eta if eta is None else eta,
+            use_clipped_model_output=(self.use_clipped_model_output if use_clipped_model_output is None
+                                      else use_clipped_model_output),
+            generator=generator, variance_noise=variance_noise)
 
     def __getattr__(self, name):  # set_timesteps, timesteps, init_noise_sigma, scale_model_input, config, ...
         return getattr(self.__dict__["scheduler"], name)

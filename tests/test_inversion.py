@@ -232,6 +232,21 @@ def test_ddim_with_eta_passes_eta_and_everything_else_through():
         sv.DDIMWithEta(DDPMScheduler(), 0.5)
 
 
+def test_pipeline_eta_reaches_the_wrapped_ddim_step(tiny_unet):
+    """DDPMPipeline(unet, make_sampler("DDIM", ...))(eta=...) overrides the wrapper's eta for that call."""
+    config = DDIMScheduler().config
+
+    def sample(scheduler, **kwargs):
+        pipe = DDPMPipeline(tiny_unet, scheduler)
+        return pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0),
+                    output_type="pt", progress=False, **kwargs).images
+
+    wrapped_half = sample(sv.make_sampler("DDIM", config, eta=0.5))
+    wrapped_zero_told_half = sample(sv.make_sampler("DDIM", config, eta=0.0), eta=0.5)
+    torch.testing.assert_close(wrapped_zero_told_half, wrapped_half)
+    assert not torch.allclose(sample(sv.make_sampler("DDIM", config, eta=0.0)), wrapped_half)
+
+
 def test_make_sampler_builds_each_kind_from_one_config():
     config = DDPMScheduler(clip_sample=True).config
     kinds = {"DDPM": DDPMScheduler, "DDIM": sv.DDIMWithEta, "Euler": EulerDiscreteScheduler,
