@@ -71,6 +71,15 @@ def write_model_card(folder: str, name: str, quality: dict, training: dict, mach
     recipe = get_recipe(name)
     minutes = training.get("train_seconds")
     time_line = f"{minutes / 60:.0f} minutes of wall-clock training" if minutes else "see the issue note"
+    stages = getattr(recipe, "continued_to", ())
+    commands = [f"python -m sdlearn train {name} --run-dir runs/{name}        # resumable: run it again to continue"]
+    commands += [f"python -m sdlearn train {name} --run-dir runs/{name} --steps {n}   # then continue to {n:,} steps"
+                 for n in stages]
+    stage_line = ""
+    if stages:
+        stage_line = (f"\n- Schedule: the recipe's {recipe.train.steps:,} steps, then continued to "
+                      + ", then ".join(f"{n:,}" for n in stages) + " steps with `--steps` (each a warm restart of the "
+                      "cosine learning rate from the current step; the Training line shows the last stage's settings).")
     shares = ", ".join(f"{c}: {s:.0%}" for c, s in enumerate(quality["class_shares_among_confident"]))
     text = f"""# {name}
 
@@ -87,13 +96,13 @@ The 500 held-out digits are only used for evaluation.
   residual block(s) per level, attention head dim {recipe.unet.attention_head_dim}, GroupNorm {recipe.unet.norm_num_groups};
   weights shipped as the EMA weights in {training.get('dtype', 'float32')} (loaded as float32).
 - Scheduler: {recipe.scheduler}
-- Training: {training['train_config']}
+- Training: {training['train_config']}{stage_line}
 - Steps trained: {training['step']}; {time_line} on {machine}.
 - Seed: {training['train_config']['seed']} (weights, data order, t and noise draws).
 
 ## The exact commands
 ```
-python -m sdlearn train {name} --run-dir runs/{name}        # resumable: run it again to continue
+{chr(10).join(commands)}
 python -m sdlearn export {name} --run-dir runs/{name}       # EMA weights -> sdlearn/pretrained/{name}
 python -m sdlearn evaluate {name}                           # the measurement below
 ```

@@ -92,3 +92,22 @@ def test_resolve_pretrained_lists_the_real_shipped_models():
         resolve_pretrained("surely-not-a-model")
     for name in names:
         assert name in str(err.value)
+
+
+def test_model_card_lists_every_training_stage_in_order(tmp_path):
+    """A model trained past its recipe (warm restarts with --steps) gets a card with every command, in order."""
+    from sdlearn.evaluate import write_model_card
+    from sdlearn.recipes import get_recipe
+
+    quality = {"n": 256, "num_inference_steps": 1000, "seed": 0, "confident_share": 0.95, "min_class_share": 0.08,
+               "class_shares_among_confident": [0.1] * 10, "frechet_distance": 30.0, "real_vs_real_frechet": 10.7,
+               "sampling_seconds": 1.0, "device": "cpu", "torch_threads": 2, "passes_bar": True}
+    training = {"step": 20000, "train_config": {"steps": 20000, "seed": 0}, "dtype": "float16", "train_seconds": 60.0}
+    card = open(write_model_card(str(tmp_path), "mnist-ddpm", quality, training, "a test machine")).read()
+    stages = get_recipe("mnist-ddpm").continued_to
+    assert stages and list(stages) == sorted(stages) and stages[0] > get_recipe("mnist-ddpm").train.steps
+    lines = [card.index("python -m sdlearn train mnist-ddpm --run-dir runs/mnist-ddpm        #")]
+    lines += [card.index(f"--steps {n}   #") for n in stages]
+    lines.append(card.index("python -m sdlearn export mnist-ddpm"))
+    assert lines == sorted(lines)
+    assert f"then continued to {stages[0]:,}" in card and "warm restart" in card

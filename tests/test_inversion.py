@@ -412,6 +412,30 @@ def test_quality_table_and_plot():
     assert "DDIM steps with the noise of the clipped x0 prediction" in sv.quality_table_markdown(results)
 
 
+def test_shipped_table_is_complete_and_the_readme_quotes_it():
+    """sampler_quality.json shipped with mnist-ddpm measures every cell of the issue, the targets with 3 seeds, for
+    the UNet that ships beside it; the README's target rows and ratios are its figures, and its verdict agrees."""
+    folder = ROOT / "sdlearn" / "pretrained" / "mnist-ddpm"
+    results = json.loads((folder / "sampler_quality.json").read_text())
+    bench = load_benchmark()
+    assert results["model"] == bench.model_identity(str(folder)) | {"name": results["model"]["name"]}
+    assert results["num_samples"] == 256 and not results.get("quick")
+    cells = results["cells"]
+    assert set(cells) == {c.name for c in sv.QUALITY_CELLS}
+    readme = (ROOT / "README.md").read_text()
+    for name in (sv.REFERENCE_CELL, *sv.TARGET_CELLS):
+        s = cells[name]["summary"]
+        assert s["num_seeds"] == 3, name
+        row = (f"| {s['frechet_distance']:.1f} ± {s['frechet_distance_sd']:.1f} "
+               f"| {100 * s['confident_share']:.1f}% ± {100 * s['confident_share_sd']:.1f} |")
+        assert row in readme, f"README.md should quote {name} from sampler_quality.json as {row!r}"
+    targets = sv.check_targets(cells)
+    for t in targets:
+        assert f"{t['frechet_ratio']:.2f}x" in readme, t
+    assert ("targets are **met**" in readme) == all(t["passes"] for t in targets)
+    assert results["inversion_error_falls"] is True
+
+
 # ---------------------------------------------------------------------------- the benchmark script
 def load_benchmark():
     spec = importlib.util.spec_from_file_location("sampler_quality", ROOT / "benchmarks" / "sampler_quality.py")
