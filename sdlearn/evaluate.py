@@ -104,7 +104,7 @@ The 500 held-out digits are only used for evaluation.
 ```
 {chr(10).join(commands)}
 python -m sdlearn export {name} --run-dir runs/{name}       # EMA weights -> sdlearn/pretrained/{name}
-python -m sdlearn evaluate {name}                           # the measurement below
+python -m sdlearn evaluate {name} --threads {quality.get('torch_threads', 1)} --batch-size {quality.get('batch_size', 256)}   # the measurement below
 ```
 
 ## Measured quality

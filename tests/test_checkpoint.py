@@ -101,7 +101,8 @@ def test_model_card_lists_every_training_stage_in_order(tmp_path):
 
     quality = {"n": 256, "num_inference_steps": 1000, "seed": 0, "confident_share": 0.95, "min_class_share": 0.08,
                "class_shares_among_confident": [0.1] * 10, "frechet_distance": 30.0, "real_vs_real_frechet": 10.7,
-               "sampling_seconds": 1.0, "device": "cpu", "torch_threads": 2, "passes_bar": True}
+               "sampling_seconds": 1.0, "device": "cpu", "torch_threads": 2, "passes_bar": True,
+               "batch_size": 64}
     training = {"step": 20000, "train_config": {"steps": 20000, "seed": 0}, "dtype": "float16", "train_seconds": 60.0}
     card = open(write_model_card(str(tmp_path), "mnist-ddpm", quality, training, "a test machine")).read()
     stages = get_recipe("mnist-ddpm").continued_to
@@ -111,3 +112,4 @@ def test_model_card_lists_every_training_stage_in_order(tmp_path):
     lines.append(card.index("python -m sdlearn export mnist-ddpm"))
     assert lines == sorted(lines)
     assert f"then continued to {stages[0]:,}" in card and "warm restart" in card
+    assert "python -m sdlearn evaluate mnist-ddpm --threads 2 --batch-size 64   #" in card  # how it was measured
