@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sdlearn.unet import UNetConfig  # noqa: E402
+from sdlearn.models.unet_2d import UNetConfig  # noqa: E402
 
 ARMS = ("pixel", "latent f=4", "latent f=8")
 DEFAULT_VAES = {"latent f=4": "shapes-vae", "latent f=8": os.path.join("runs", "shapes-vae-f8", "export")}
@@ -65,9 +65,10 @@ def child(arm: str, what: str, args) -> dict:
     from sdlearn.device import get_device
     from sdlearn.pipelines import DDPMPipeline, LatentDiffusionPipeline
     from sdlearn.schedulers import DDIMScheduler, DDPMScheduler
-    from sdlearn.train import TrainConfig, diffusion_loss, train
-    from sdlearn.unet import UNet
-    from sdlearn.vae import AutoencoderKL, encode_dataset
+    from sdlearn.training.loop import TrainConfig, train
+    from sdlearn.training.losses import diffusion_loss
+    from sdlearn.models.unet_2d import UNet2DModel
+    from sdlearn.models.autoencoder_kl import AutoencoderKL, encode_dataset
 
     device = get_device(args.device)
     torch.manual_seed(0)
@@ -79,7 +80,7 @@ def child(arm: str, what: str, args) -> dict:
     else:
         f = vae.config.downsampling_factor
         cfg = unet_config(vae.config.latent_channels, 64 // f)
-    unet = UNet(cfg).to(device)
+    unet = UNet2DModel(cfg).to(device)
     scheduler = DDPMScheduler(**SCHEDULER)
     out = {"unet_parameters": sum(p.numel() for p in unet.parameters()),
            "input_shape": [cfg.in_channels, cfg.sample_size, cfg.sample_size]}
@@ -125,8 +126,8 @@ def child(arm: str, what: str, args) -> dict:
         out["sample_what"] = f"{args.sample_steps} DDIM steps of {args.sample_batch} images, decoding included"
     elif what == "quality":
         from sdlearn.data import load_shapes
-        from sdlearn.evaluate_latent import sample_shapes
-        from sdlearn.shapes_checker import shapes_report
+        from sdlearn.evaluation.evaluate import sample_shapes
+        from sdlearn.evaluation.shapes_checker import shapes_report
 
         images = load_shapes("train", num_images=args.num_train).images
         start = time.perf_counter()
@@ -145,7 +146,7 @@ def child(arm: str, what: str, args) -> dict:
         out.update(well_formed_share=report["well_formed_share"], missing_colours=report["missing_colours"],
                    missing_shapes=report["missing_shapes"])
         if args.samples_dir:
-            from sdlearn.viz import show_images
+            from sdlearn.viz.images import show_images
 
             os.makedirs(args.samples_dir, exist_ok=True)
             show_images(samples[:32], nrow=8, title=f"{arm}: after {args.budget:.0f} s of training").savefig(
@@ -203,7 +204,7 @@ def main(argv=None) -> dict:
         parser.error(f"unknown arms {unknown}; the arms are {list(ARMS)}")
     for arm in arms:
         if arm != "pixel":
-            from sdlearn.checkpoint import resolve_pretrained
+            from sdlearn.utils.files import resolve_pretrained
 
             try:
                 resolve_pretrained(args.vaes[arm])

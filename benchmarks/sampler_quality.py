@@ -5,7 +5,7 @@ eta = 0, 1; DDPM with 1000 steps; Euler and DPM-Solver++ with 10 and 20 steps) a
 (default 256) and measure them with the project's classifier: the Frechet distance to the 500 held-out digits
 and the confident share (top class >= 0.9), with the time the sampling took. Seeds are shared by all cells,
 so every sampler starts from the same noise. Then invert 64 held-out digits with DDIM and reconstruct them
-with 10, 20, 50 and 100 steps (sdlearn.inversion). Everything goes into one JSON file, written after every
+with 10, 20, 50 and 100 steps (sdlearn.pipelines.ddim_inversion). Everything goes into one JSON file, written after every
 run, and a run that is interrupted resumes where it stopped (cells already measured for the same model,
 sample count and seed are skipped). Prints a Markdown table and whether the issue's targets pass:
 DDIM (S = 50, eta = 0) and DPM-Solver++ (S = 20) reach a Frechet distance <= 1.25x that of DDPM with 1000
@@ -34,14 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sdlearn.checkpoint import atomic_write_json, resolve_pretrained  # noqa: E402
-from sdlearn.data import load_digits  # noqa: E402
+from sdlearn.utils.files import atomic_write_json, resolve_pretrained  # noqa: E402
+from sdlearn.data.digits import load_digits  # noqa: E402
 from sdlearn.device import get_device  # noqa: E402
-from sdlearn.evaluate import real_vs_real, sample_digits  # noqa: E402
-from sdlearn.inversion import inversion_table  # noqa: E402
-from sdlearn.metrics import DigitClassifier, digit_report  # noqa: E402
+from sdlearn.evaluation.evaluate import real_vs_real, sample_digits  # noqa: E402
+from sdlearn.pipelines.ddim_inversion import inversion_table  # noqa: E402
+from sdlearn.evaluation.classifier import DigitClassifier, digit_report  # noqa: E402
 from sdlearn.pipelines import DDPMPipeline  # noqa: E402
-from sdlearn.samplers_viz import (  # noqa: E402
+from sdlearn.viz.samplers import (
     OWN_SPACING,
     QUALITY_CELLS,
     REFERENCE_CELL,
@@ -52,7 +52,7 @@ from sdlearn.samplers_viz import (  # noqa: E402
     make_sampler,
     quality_table_markdown,
     summarize_runs,
-)
+)  # noqa: E402
 
 QUICK_CELLS = (QualityCell("DDIM", 10, 0.0), QualityCell("Euler", 10), QualityCell("DPM-Solver++", 10),
                QualityCell("DDPM", 50))  # --quick: a 50-step DDPM stands in for the 1000-step reference, and the

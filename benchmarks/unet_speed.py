@@ -17,8 +17,8 @@ import time
 import torch
 
 from sdlearn.device import get_device
-from sdlearn.recipes import get_recipe
-from sdlearn.unet import UNet
+from sdlearn.training.recipes import get_recipe
+from sdlearn.models.unet_2d import UNet2DModel
 
 
 def diffusers_twin(cfg):
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     device = get_device(args.device)
     cfg = get_recipe(args.recipe).unet
     torch.manual_seed(0)
-    ours = UNet(cfg).to(device)
+    ours = UNet2DModel(cfg).to(device)
     theirs = diffusers_twin(cfg).to(device)
     theirs.load_state_dict(ours.state_dict())  # identical weights: the same computation, two implementations
     g = torch.Generator().manual_seed(0)

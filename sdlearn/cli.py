@@ -16,8 +16,8 @@ def cmd_train(args) -> int:
     import torch
 
     from .device import get_device
-    from .recipes import get_recipe
-    from .shipping import export_model, train_recipe
+    from .training.recipes import get_recipe
+    from .training.shipping import export_model, train_recipe
 
     recipe = get_recipe(args.name)
     config = recipe.train
@@ -42,8 +42,8 @@ def cmd_train_classifier(args) -> int:
 
     import torch
 
-    from .data import load_digits
-    from .metrics import classifier_report, train_classifier
+    from .data.digits import load_digits
+    from .evaluation.classifier import classifier_report, train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,7 +69,7 @@ def _fast_choice(args) -> bool | None:
 
 
 def cmd_course(args) -> int:
-    from .notebooks import run_course
+    from .course.notebooks import run_course
 
     try:
         return run_course(args.chapters, args.out, fast=_fast_choice(args), timeout=args.timeout,
@@ -105,7 +105,7 @@ def cmd_lab(args) -> int:
 
 
 def cmd_exercises(args) -> int:
-    from .notebooks import release
+    from .course.notebooks import release
 
     try:
         written = release([args.chapters], args.out)
@@ -121,7 +121,7 @@ def cmd_exercises(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from .notebooks import release
+    from .course.notebooks import release
 
     try:
         written = release(args.paths, args.out)
@@ -135,7 +135,7 @@ def cmd_release(args) -> int:
 
 def cmd_grade(args) -> int:
     """Grade completed student notebooks: each exercise in its own process; table, and JSON/CSV for gradebooks."""
-    from .grader import run_grade_command
+    from .course.grader import run_grade_command
 
     return run_grade_command(args.notebooks, json_path=args.json, csv_path=args.csv, timeout=args.timeout,
                              jobs=args.jobs)
@@ -152,7 +152,7 @@ def cmd_gpu_check(args) -> int:
 
     import torch
 
-    from .notebooks import run_course
+    from .course.notebooks import run_course
 
     if not torch.cuda.is_available():
         print("warning: torch sees no CUDA GPU; full mode on this machine will be slow.", file=sys.stderr)
@@ -187,7 +187,7 @@ def cmd_gpu_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .shipping import export_run
+    from .training.shipping import export_run
 
     out = args.out or os.path.join(os.path.dirname(__file__), "pretrained", args.name)
     info = export_run(args.name, args.run_dir or os.path.join("runs", args.name), out)
@@ -196,68 +196,33 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """python -m sdlearn evaluate NAME: measure any shipped model against its bar; --write updates its folder."""
     import json
 
     import torch
 
-    from .evaluate import evaluate, write_model_card
-    from .viz import show_images
+    from .evaluation.evaluate import evaluate
+    from .evaluation.model_cards import write_card
+    from .utils.files import resolve_pretrained
+    from .viz.images import show_images
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .evaluate_latent import is_latent_recipe
-
-    if is_latent_recipe(args.name):
-        return _evaluate_latent(args)
-    report, samples = evaluate(args.name, num_samples=args.num_samples, num_inference_steps=args.steps,
-                               seed=args.seed, progress=not args.no_progress, batch_size=args.batch_size)
-    print(json.dumps(report, indent=2))
-    folder = args.name if os.path.isdir(args.name) else os.path.join(os.path.dirname(__file__), "pretrained", args.name)
-    if args.write:
-        with open(os.path.join(folder, "quality.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        show_images(samples[:64], nrow=8, title=f"{args.name}: 64 of {len(samples)} samples").savefig(
-            os.path.join(folder, "samples.png"), dpi=80)
-        training_path = os.path.join(folder, "training.json")
-        if os.path.isfile(training_path):
-            with open(training_path) as f:
-                training = json.load(f)
-            card = write_model_card(folder, os.path.basename(os.path.normpath(folder)), report, training, args.machine)
-            print(f"model card: {card}")
-    print("PASSES the quality bar" if report["passes_bar"] else "does NOT pass the quality bar")
-    return 0
-
-
-def _evaluate_latent(args) -> int:
-    """python -m sdlearn evaluate mnist-vae | shapes-vae | shapes-ldm: the bars of issue 3."""
-    import json
-
-    import torch
-
-    from .checkpoint import resolve_pretrained
-    from .evaluate_latent import evaluate_ldm, evaluate_vae, write_ldm_card, write_vae_card
-    from .recipes import VAERecipe, get_recipe
-    from .viz import show_images
-
     name = os.path.basename(os.path.normpath(args.name))
-    folder = resolve_pretrained(args.name)
-    if isinstance(get_recipe(name), VAERecipe):
-        report, images, rec = evaluate_vae(args.name)
-        pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over the set (the digits are sorted by class)
-        figure = show_images(torch.cat([images[pick], rec[pick]]), nrow=16,
-                             title=f"{name}: 16 held-out images (top) and their reconstructions (bottom)")
-        picture, write_card = "reconstructions.png", write_vae_card
-    else:
-        report, samples = evaluate_ldm(args.name, args.num_samples, args.steps, args.seed, progress=not args.no_progress,
-                                       batch_size=min(args.batch_size, 64))
-        figure = show_images(samples[:64], nrow=8, title=f"{name}: 64 of {len(samples)} samples")
-        picture, write_card = "samples.png", write_ldm_card
+    report, picture, images = evaluate(args.name, num_samples=args.num_samples, num_inference_steps=args.steps,
+                                       seed=args.seed, progress=not args.no_progress, batch_size=args.batch_size)
     print(json.dumps(report, indent=2))
     if args.write:
+        folder = resolve_pretrained(args.name)
         with open(os.path.join(folder, "quality.json"), "w") as f:
             json.dump(report, f, indent=2)
-        figure.savefig(os.path.join(folder, picture), dpi=80)
-        print(f"model card: {write_card(folder, name, report, args.machine)}")
+        title = (f"{name}: 16 held-out images (top) and their reconstructions (bottom)" if picture == "reconstructions.png"
+                 else f"{name}: 64 of {args.num_samples} samples")
+        show_images(images, nrow=16 if picture == "reconstructions.png" else 8, title=title).savefig(
+            os.path.join(folder, picture), dpi=80)
+        card = write_card(folder, name, report, args.machine)
+        if card:
+            print(f"model card: {card}")
     print("PASSES the quality bar" if report["passes_bar"] else "does NOT pass the quality bar")
     return 0
 

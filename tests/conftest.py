@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdlearn.unet import UNet, UNetConfig
+from sdlearn.models.unet_2d import UNet2DModel, UNetConfig
 
 # A UNet small enough to run a forward pass in milliseconds: two levels (16 -> 8 pixels),
 # attention at the lower one, GroupNorm with 4 groups.
@@ -37,7 +37,7 @@ def tiny_unet_config() -> UNetConfig:
 
 
 @pytest.fixture
-def tiny_unet() -> UNet:
+def tiny_unet() -> UNet2DModel:
     """A freshly initialised tiny UNet with seeded weights, in eval mode."""
     torch.manual_seed(0)
-    return UNet(TINY_UNET).eval()
+    return UNet2DModel(TINY_UNET).eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdlearn.vae import AutoencoderKL, AutoencoderKLConfig
+from sdlearn.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -105,7 +105,7 @@ def test_wheel_contains_the_package_and_shipped_models(tmp_path):
     assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
     wheel = next(tmp_path.glob("sdlearn-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"sdlearn/__init__.py", "sdlearn/cli.py", "sdlearn/notebooks.py"} <= names
+    assert {"sdlearn/__init__.py", "sdlearn/cli.py", "sdlearn/course/notebooks.py"} <= names
     assert any(n.startswith("sdlearn/schedulers/") for n in names) and any(n.startswith("sdlearn/pipelines/") for n in names)
     shipped = [p.relative_to(ROOT).as_posix() for p in (ROOT / "sdlearn" / "pretrained").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts]

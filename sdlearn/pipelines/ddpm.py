@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_json, resolve_pretrained
+from ..utils.files import atomic_write_json, resolve_pretrained
 from ..schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from ..unet import UNet
+from ..models.unet_2d import UNet2DModel
 
 SCHEDULER_CLASSES = {
     "DDPMScheduler": DDPMScheduler,
@@ -58,7 +58,7 @@ def to_output_type(x: torch.Tensor, output_type: str):
 class DDPMPipeline:
     """Unconditional image generation with a UNet and any scheduler."""
 
-    def __init__(self, unet: UNet, scheduler):
+    def __init__(self, unet: UNet2DModel, scheduler):
         self.unet = unet
         self.scheduler = scheduler
 
@@ -156,7 +156,7 @@ class DDPMPipeline:
     def from_pretrained(cls, folder_or_name: str | os.PathLike) -> "DDPMPipeline":
         """Load a folder written by save_pretrained (or diffusers), or a shipped model by name ("mnist-ddpm")."""
         folder, _, scheduler = read_pipeline_folder(folder_or_name)
-        return cls(unet=UNet.from_pretrained(os.path.join(folder, "unet")), scheduler=scheduler)
+        return cls(unet=UNet2DModel.from_pretrained(os.path.join(folder, "unet")), scheduler=scheduler)
 
 
 def read_pipeline_folder(folder_or_name: str | os.PathLike) -> tuple[str, dict, object]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..schedules import alphas_cumprod, make_betas, rescale_zero_terminal_snr
+from .schedules import alphas_cumprod, make_betas, rescale_zero_terminal_snr
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")

@@ -35,7 +35,14 @@ from .base import (
     spaced_timesteps,
 )
 from .ddpm import _check_step_inputs, _expand
-from .euler import FINAL_SIGMAS_TYPES, EulerDiscreteScheduler, final_sigma, grid_sigmas, sigmas_from_alpha_bar, zero_snr_safe
+from .euler import (
+    FINAL_SIGMAS_TYPES,
+    EulerDiscreteScheduler,
+    final_sigma,
+    grid_sigmas,
+    sigmas_from_alpha_bar,
+    zero_snr_safe,
+)
 
 ALGORITHM_TYPES = ("dpmsolver++",)
 SOLVER_TYPES = ("midpoint", "heun")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sdlearn import grader
+from sdlearn.course import grader
 
 ROOT = Path(__file__).resolve().parents[2]  # this file lives in tests/classroom/ of the repository
 

@@ -1,7 +1,7 @@
 """Write a GitHub Classroom workflow that gives each exercise its own points.
 
 GitHub Classroom's Python grader splits the assignment's points equally between tests; to weight
-each exercise by its points (sdlearn.grading.EXERCISES), this writes a workflow with one
+each exercise by its points (sdlearn.course.checks.EXERCISES), this writes a workflow with one
 command-grader step per exercise (``pytest tests/classroom/exercises_test.py -k EXERCISE``, its
 max-score the exercise's points) and the reporter step that sends the total to Classroom:
 
@@ -18,7 +18,7 @@ import json
 import re
 import sys
 
-from sdlearn import grader
+from sdlearn.course import grader
 
 CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 

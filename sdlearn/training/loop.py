@@ -1,0 +1,281 @@
+"""Training a noise-prediction model: one readable loop.
+
+DDPM's Algorithm 1 (Ho et al. 2020): repeat { x_0 ~ data; t ~ Uniform({0..T-1}); eps ~ N(0, I);
+take a gradient step on || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2 }.
+That squared error is the "simplified" objective L_simple, eq. 14.
+
+Around it, what makes training practical: AdamW with warm-up and cosine decay, gradient clipping,
+an exponential moving average (EMA) of the weights (DDPM used decay 0.9999), optional min-SNR-gamma
+loss weighting (Hang et al. 2023), bf16 autocast on CUDA, a progress bar, and atomic checkpoints
+from which a killed run resumes exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from .losses import diffusion_loss
+from .checkpoint import load_training_checkpoint, save_training_checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimizer steps in total
+    batch_size: int = 128  # images per step
+    lr: float = 2e-3  # peak learning rate
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    lr_schedule: str = "cosine"  # "cosine" decay to min_lr_ratio * lr after warm-up, or "constant"
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # clip the global gradient norm to this
+    ema_decay: float = 0.999  # EMA decay; the effective decay warms up as min(decay, (1+n)/(10+n))
+    loss_weighting: str = "none"  # "none" = L_simple (eq. 14), or "min_snr" (Hang et al. 2023)
+    min_snr_gamma: float = 5.0
+    seed: int = 0  # seeds data order, t and eps draws, and dropout
+    checkpoint_every: int = 200  # steps between checkpoints (also written at the end and on Ctrl-C)
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}.")
+        if self.loss_weighting not in ("none", "min_snr"):
+            raise ValueError(f"loss_weighting must be 'none' or 'min_snr', got {self.loss_weighting!r}.")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be positive.")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # the raw weights after the last step
+    ema_model: torch.nn.Module  # the EMA weights: sample with these
+    losses: list[float] = field(default_factory=list)  # one per step, from step 0
+    step: int = 0
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up for ``warmup_steps``, then constant or cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.min_lr_ratio * cfg.lr
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """theta_ema <- d * theta_ema + (1 - d) * theta, with d = min(decay, (1 + n) / (10 + n)) after n updates."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1 - d)  # p_ema + (1 - d)(p - p_ema) = d p_ema + (1 - d) p
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def batch_indices(step: int, num_items: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Which items form batch number ``step``: a fresh seeded permutation per epoch, so order is a function of step."""
+    if batch_size > num_items:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({num_items} items).")
+    per_epoch = num_items // batch_size  # the incomplete last batch of an epoch is dropped
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def _pack(model, ema: EMA, optimizer, generator: torch.Generator) -> dict:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
+    for i, p in enumerate(model.parameters()):
+        for key, value in optimizer.state.get(p, {}).items():
+            tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def _unpack(tensors: dict, model, ema: EMA, optimizer, generator: torch.Generator) -> None:
+    def sub(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    model.load_state_dict(sub("model."))
+    ema.model.load_state_dict(sub("ema."))
+    device = next(model.parameters()).device
+    for i, p in enumerate(model.parameters()):
+        state = {k: v.to(device) if k != "step" else v for k, v in sub(f"optim.{i}.").items()}
+        if state:
+            optimizer.state[p] = state
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: TrainConfig,
+          run_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
+          loss_fn=None, data_range: tuple[float, float] | None = (-1.0, 1.0),
+          max_seconds: float | None = None) -> TrainResult:
+    """Train ``model`` to predict the scheduler's target from x_t; returns the model, its EMA and the loss curve.
+
+    ``images``: the training set, (N, C, H, W) in [-1, 1]. With ``run_dir``, checkpoints are written
+    there and, if ``resume``, a run already there continues from its last checkpoint.
+
+    The same loop trains other models: ``loss_fn(model, x0, generator) -> loss`` replaces the diffusion
+    loss (the VAE passes ``sdlearn.training.losses.VAELoss``; a dataclass, so its settings are saved and checked on
+    resume), and ``data_range=None`` accepts data outside [-1, 1] (latent diffusion trains on scaled latents).
+    ``max_seconds`` stops after that much wall-clock time in this call (a training budget), checkpointing there.
+    """
+    from tqdm.auto import tqdm
+
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}.")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf; check the data loading before training.")
+    if data_range is not None and (images.min() < data_range[0] - 1e-3 or images.max() > data_range[1] + 1e-3):
+        raise ValueError(f"images must be scaled to [{data_range[0]:g}, {data_range[1]:g}] (DDPM's data range); "
+                         "see sdlearn.data.digits.to_model_range. Latents: pass data_range=None.")
+    if loss_fn is None:
+        if scheduler is None:
+            raise ValueError("pass a noise scheduler (the diffusion loss needs one) or a loss_fn.")
+
+        def loss_fn(model, x0, generator):
+            return diffusion_loss(model, scheduler, x0, generator, config.loss_weighting, config.min_snr_gamma)
+    loss_settings = dataclasses.asdict(loss_fn) if dataclasses.is_dataclass(loss_fn) else None
+    device = next(model.parameters()).device
+    images = images.to(device)
+    generator = torch.Generator().manual_seed(config.seed)  # t and eps draws (on CPU, then moved: same on any device)
+    torch.manual_seed(config.seed)  # dropout
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(model, config.ema_decay)
+    losses: list[float] = []
+    start, seconds_before = 0, 0.0
+    run_dir = os.fspath(run_dir) if run_dir is not None else None
+
+    if run_dir is not None and resume:
+        found = load_training_checkpoint(run_dir)
+        if found is not None:
+            tensors, state = found
+            if state["config"] != dataclasses.asdict(dataclasses.replace(config, steps=state["config"]["steps"])):
+                raise ValueError(
+                    f"{run_dir!r} holds a run with a different TrainConfig ({state['config']}); "
+                    "use another run_dir, or resume=False to start over there."
+                )
+            if state.get("loss") != loss_settings:
+                raise ValueError(f"{run_dir!r} holds a run with a different loss ({state.get('loss')}, now "
+                                 f"{loss_settings}); use another run_dir, or resume=False to start over there.")
+            if state["config"]["steps"] != config.steps:
+                warnings.warn(f"resuming with steps={config.steps} instead of {state['config']['steps']}: "
+                              "the cosine learning-rate schedule changes from here on.")
+            _unpack(tensors, model, ema, optimizer, generator)
+            ema.num_updates = state["ema_updates"]
+            losses, start = state["losses"], state["step"]
+            seconds_before = state.get("train_seconds", 0.0)
+
+    def checkpoint(step):
+        if run_dir is None:
+            return None
+        state = {"step": step, "ema_updates": ema.num_updates, "losses": losses,
+                 "train_seconds": seconds_before + time.perf_counter() - started,
+                 "config": dataclasses.asdict(config), "model_config": _model_config(model), "loss": loss_settings}
+        return save_training_checkpoint(run_dir, step, _pack(model, ema, optimizer, generator), state)
+
+    started = time.perf_counter()  # wall time is recorded in every checkpoint (summed over resumed runs)
+    use_bf16 = device.type == "cuda"
+    model.train()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="training")
+    step = start
+    stop, restore_signals = _stop_on_signals()  # `kill`, `kill -INT`, Ctrl-C: finish the step, checkpoint, stop
+    # Ctrl-C can land anywhere in a step. Before the update, the step's random draws are undone (rng_before) so
+    # the checkpoint resumes exactly; during the update (updating) no checkpoint is written: the last one stands.
+    rng_before, updating = None, False
+    try:
+        for step in bar:
+            rng_before = (generator.get_state(), torch.get_rng_state())
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            x0 = images[batch_indices(step, len(images), config.batch_size, config.seed).to(device)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_fn(model, x0, generator)
+            if not torch.isfinite(loss):
+                where = f"the last good checkpoint is kept in {run_dir!r}" if run_dir else "no run_dir was given"
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at step {step}; {where}. Lower the learning rate or check the data."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            updating = True
+            optimizer.step()
+            ema.update(model)
+            losses.append(loss.item())
+            rng_before = None
+            updating = False
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{learning_rate(step, config):.1e}")
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                checkpoint(step + 1)
+            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                break
+            if stop:  # a signal arrived during this step: stop between steps (the checkpoint is written below)
+                raise KeyboardInterrupt(f"stopped by signal {stop[0]} after step {len(losses)}")
+        step = len(losses)
+    except KeyboardInterrupt:
+        if not updating:  # nothing lost: the run continues from here next time, exactly as if uninterrupted
+            if rng_before is not None:
+                generator.set_state(rng_before[0])
+                torch.set_rng_state(rng_before[1])
+            checkpoint(len(losses))
+        raise
+    finally:
+        bar.close()
+        restore_signals()
+    if start < step:
+        checkpoint(step)
+    model.eval()
+    return TrainResult(model=model, ema_model=ema.model, losses=losses, step=step)
+
+
+def _stop_on_signals() -> tuple[list, object]:
+    """While training, SIGTERM and SIGINT (Ctrl-C; also ``kill -INT`` of a background job, which starts with SIGINT
+    ignored) ask the loop to stop after the current step: it then checkpoints and raises KeyboardInterrupt. A second
+    signal stops at once (the last checkpoint stands). Returns (the list a signal appends to, a restore function)."""
+    import signal
+    import threading
+
+    stop: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return stop, lambda: None
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        stop.append(signum)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return stop, lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+
+def _model_config(model) -> dict | None:
+    config = getattr(model, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else None
