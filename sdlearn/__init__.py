@@ -15,8 +15,8 @@ The package's rooms, from the bottom up (each imports only from rooms below it):
 __version__ = "0.1.0"
 
 from .data import load_digits, load_shapes  # noqa: E402
-from .models import AutoencoderKL, UNet2DModel  # noqa: E402
-from .pipelines import DDPMPipeline, LatentDiffusionPipeline  # noqa: E402
+from .models import AutoencoderKL, UNet2DConditionModel, UNet2DModel  # noqa: E402
+from .pipelines import DDPMPipeline, DiffusionPipeline, LatentDiffusionPipeline  # noqa: E402
 from .schedulers import (  # noqa: E402
     DDIMScheduler,
     DDPMScheduler,
@@ -29,9 +29,11 @@ __all__ = [
     "DDIMScheduler",
     "DDPMPipeline",
     "DDPMScheduler",
+    "DiffusionPipeline",
     "DPMSolverMultistepScheduler",
     "EulerDiscreteScheduler",
     "LatentDiffusionPipeline",
+    "UNet2DConditionModel",
     "UNet2DModel",
     "load_digits",
     "load_shapes",

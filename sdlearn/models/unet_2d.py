@@ -42,6 +42,7 @@ class UNetConfig:
     flip_sin_to_cos: bool = True  # embedding is [cos, sin] (diffusers' default) rather than [sin, cos]
     freq_shift: int = 0  # frequencies exp(-ln(10000) * i / (half - freq_shift))
     add_mid_attention: bool = True  # self-attention between the two middle residual blocks
+    num_class_embeds: int | None = None  # class-conditional: rows of the label embedding (classes + 1 null for CFG)
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -159,26 +160,29 @@ class Upsample2D(nn.Module):
 
 
 class DownBlock(nn.Module):
-    """One resolution level on the way down: residual blocks (each followed by attention if asked), then downsample."""
+    """One resolution level on the way down: residual blocks (each followed by attention if asked), then downsample.
 
-    def __init__(self, in_ch, out_ch, temb_ch, num_layers, attention, add_downsample, cfg: UNetConfig):
+    ``make_attention(channels)`` builds the attention after each residual block: a SelfAttentionBlock in
+    UNet2DModel ("AttnDownBlock2D"), a Transformer2DModel with cross-attention in UNet2DConditionModel
+    ("CrossAttnDownBlock2D"); None for a plain "DownBlock2D".
+    """
+
+    def __init__(self, in_ch, out_ch, temb_ch, num_layers, add_downsample, groups, eps, dropout=0.0,
+                 make_attention=None):
         super().__init__()
-        g, eps = cfg.norm_num_groups, cfg.norm_eps
         self.resnets = nn.ModuleList(
-            [ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_ch, g, eps, cfg.dropout) for i in range(num_layers)]
+            [ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_ch, groups, eps, dropout) for i in range(num_layers)]
         )
-        if attention:
-            self.attentions = nn.ModuleList(
-                [SelfAttentionBlock(out_ch, cfg.attention_head_dim, g, eps) for _ in range(num_layers)]
-            )
+        if make_attention is not None:
+            self.attentions = nn.ModuleList([make_attention(out_ch) for _ in range(num_layers)])
         self.downsamplers = nn.ModuleList([Downsample2D(out_ch)]) if add_downsample else None
 
-    def forward(self, x, temb, skips: list):
+    def forward(self, x, temb, skips: list, encoder_hidden_states=None, attention_mask=None):
         attentions = getattr(self, "attentions", [None] * len(self.resnets))
         for resnet, attn in zip(self.resnets, attentions):
             x = resnet(x, temb)
             if attn is not None:
-                x = attn(x)
+                x = attn(x, encoder_hidden_states, attention_mask)
             skips.append(x)  # push: the up path will concatenate this map
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -189,49 +193,84 @@ class DownBlock(nn.Module):
 class UpBlock(nn.Module):
     """One level on the way up: for each residual block, pop a skip map and concatenate it; then upsample."""
 
-    def __init__(self, in_ch, prev_out_ch, out_ch, temb_ch, num_layers, attention, add_upsample, cfg: UNetConfig):
+    def __init__(self, in_ch, prev_out_ch, out_ch, temb_ch, num_layers, add_upsample, groups, eps, dropout=0.0,
+                 make_attention=None):
         super().__init__()
-        g, eps = cfg.norm_num_groups, cfg.norm_eps
         resnets = []
         for i in range(num_layers):
             skip_ch = in_ch if i == num_layers - 1 else out_ch  # channels of the map this block pops
             x_ch = prev_out_ch if i == 0 else out_ch
-            resnets.append(ResnetBlock2D(x_ch + skip_ch, out_ch, temb_ch, g, eps, cfg.dropout))
+            resnets.append(ResnetBlock2D(x_ch + skip_ch, out_ch, temb_ch, groups, eps, dropout))
         self.resnets = nn.ModuleList(resnets)
-        if attention:
-            self.attentions = nn.ModuleList(
-                [SelfAttentionBlock(out_ch, cfg.attention_head_dim, g, eps) for _ in range(num_layers)]
-            )
+        if make_attention is not None:
+            self.attentions = nn.ModuleList([make_attention(out_ch) for _ in range(num_layers)])
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if add_upsample else None
 
-    def forward(self, x, temb, skips: list):
+    def forward(self, x, temb, skips: list, encoder_hidden_states=None, attention_mask=None):
         attentions = getattr(self, "attentions", [None] * len(self.resnets))
         for resnet, attn in zip(self.resnets, attentions):
             x = torch.cat([x, skips.pop()], dim=1)  # pop: (B, C_x + C_skip, H, W)
             x = resnet(x, temb)
             if attn is not None:
-                x = attn(x)
+                x = attn(x, encoder_hidden_states, attention_mask)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
         return x
 
 
 class MidBlock(nn.Module):
-    """At the lowest resolution: residual block, self-attention, residual block."""
+    """At the lowest resolution: residual block, attention (when ``make_attention`` is given), residual block."""
 
-    def __init__(self, ch, temb_ch, cfg: UNetConfig):
+    def __init__(self, ch, temb_ch, groups, eps, dropout=0.0, make_attention=None):
         super().__init__()
-        g, eps = cfg.norm_num_groups, cfg.norm_eps
-        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_ch, g, eps, cfg.dropout) for _ in range(2)])
-        self.attentions = nn.ModuleList(
-            [SelfAttentionBlock(ch, cfg.attention_head_dim, g, eps)] if cfg.add_mid_attention else []
-        )
+        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_ch, groups, eps, dropout) for _ in range(2)])
+        self.attentions = nn.ModuleList([make_attention(ch)] if make_attention is not None else [])
 
-    def forward(self, x, temb):
+    def forward(self, x, temb, encoder_hidden_states=None, attention_mask=None):
         x = self.resnets[0](x, temb)
         for attn in self.attentions:
-            x = attn(x)
+            x = attn(x, encoder_hidden_states, attention_mask)
         return self.resnets[1](x, temb)
+
+
+def condition_kwargs(condition: torch.Tensor | None) -> dict:
+    """How a condition reaches the UNet: integer class labels as ``class_labels``, vectors (text-encoder tokens
+    (B, T, C)) as ``encoder_hidden_states``; no condition, no argument."""
+    if condition is None:
+        return {}
+    return {"encoder_hidden_states": condition} if condition.is_floating_point() else {"class_labels": condition}
+
+
+def embed_time_and_class(unet: nn.Module, sample: torch.Tensor, timestep, class_labels) -> torch.Tensor:
+    """The vector every residual block receives: MLP(sinusoid(t)), plus the label's embedding row when the model
+    is class-conditional (diffusers' UNet2DModel and UNet2DConditionModel add them the same way)."""
+    c = unet.config
+    t = torch.as_tensor(timestep, device=sample.device)
+    if t.ndim == 0:
+        t = t.expand(sample.shape[0])
+    if t.shape[0] != sample.shape[0]:
+        raise ValueError(f"got {t.shape[0]} timesteps for a batch of {sample.shape[0]}: pass one or one per sample.")
+    temb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift).to(sample.dtype)  # (B, C0)
+    temb = unet.time_embedding(temb)  # (B, 4*C0)
+    n = c.num_class_embeds
+    if n is None:
+        if class_labels is not None:
+            raise ValueError("this model is not class-conditional (its config has no num_class_embeds): call it "
+                             "without class_labels.")
+        return temb
+    if class_labels is None:
+        raise ValueError(f"this model is class-conditional: pass class_labels, one integer in [0, {n - 1}] per sample "
+                         f"(index {n - 1} is the null class that classifier-free guidance uses, when it was trained so).")
+    labels = torch.as_tensor(class_labels, device=sample.device)
+    if labels.ndim == 0:
+        labels = labels.expand(sample.shape[0])
+    if labels.shape != (sample.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"class_labels must be {sample.shape[0]} integers (one per sample), got "
+                         f"{tuple(labels.shape)} of {labels.dtype}.")
+    if labels.min() < 0 or labels.max() >= n:
+        raise ValueError(f"class_labels must lie in [0, {n - 1}] (num_class_embeds = {n}); got "
+                         f"{labels.min().item()}..{labels.max().item()}.")
+    return temb + unet.class_embedding(labels).to(temb.dtype)
 
 
 class UNet2DModel(nn.Module):
@@ -251,17 +290,23 @@ class UNet2DModel(nn.Module):
 
         self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch[0], temb_ch)
+        if config.num_class_embeds is not None:  # class-conditional: a label's vector is added to the time embedding
+            self.class_embedding = nn.Embedding(config.num_class_embeds, temb_ch)
+        g, eps, dropout = config.norm_num_groups, config.norm_eps, config.dropout
+
+        def self_attention(channels: int) -> SelfAttentionBlock:
+            return SelfAttentionBlock(channels, config.attention_head_dim, g, eps)
 
         self.down_blocks = nn.ModuleList()
         out_ch = ch[0]
         for i, block_type in enumerate(config.down_block_types):
             in_ch, out_ch = out_ch, ch[i]
             is_last = i == len(ch) - 1
-            self.down_blocks.append(
-                DownBlock(in_ch, out_ch, temb_ch, config.layers_per_block, "Attn" in block_type, not is_last, config)
-            )
+            attention = self_attention if "Attn" in block_type else None
+            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_ch, config.layers_per_block, not is_last, g, eps,
+                                              dropout, attention))
 
-        self.mid_block = MidBlock(ch[-1], temb_ch, config)
+        self.mid_block = MidBlock(ch[-1], temb_ch, g, eps, dropout, self_attention if config.add_mid_attention else None)
 
         self.up_blocks = nn.ModuleList()
         rev = list(reversed(ch))
@@ -270,10 +315,9 @@ class UNet2DModel(nn.Module):
             prev_out_ch, out_ch = out_ch, rev[i]
             in_ch = rev[min(i + 1, len(ch) - 1)]
             is_last = i == len(ch) - 1
-            self.up_blocks.append(
-                UpBlock(in_ch, prev_out_ch, out_ch, temb_ch, config.layers_per_block + 1, "Attn" in block_type,
-                        not is_last, config)
-            )
+            attention = self_attention if "Attn" in block_type else None
+            self.up_blocks.append(UpBlock(in_ch, prev_out_ch, out_ch, temb_ch, config.layers_per_block + 1,
+                                          not is_last, g, eps, dropout, attention))
 
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, ch[0], eps=config.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
@@ -286,18 +330,11 @@ class UNet2DModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def forward(self, sample: torch.Tensor, timestep) -> torch.Tensor:
-        """sample: x_t (B, C, H, W); timestep: an int, a float, or a (B,) tensor (fractional allowed)."""
+    def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """sample: x_t (B, C, H, W); timestep: an int, a float, or a (B,) tensor (fractional allowed);
+        class_labels (B,) integers, for a class-conditional model. Returns eps_theta as a tensor (B, C_out, H, W)."""
         self._check_input(sample)
-        t = torch.as_tensor(timestep, device=sample.device)
-        if t.ndim == 0:
-            t = t.expand(sample.shape[0])
-        if t.shape[0] != sample.shape[0]:
-            raise ValueError(f"got {t.shape[0]} timesteps for a batch of {sample.shape[0]}: pass one or one per sample.")
-        temb = timestep_embedding(t, self.config.block_out_channels[0], self.config.flip_sin_to_cos,
-                                  self.config.freq_shift).to(sample.dtype)  # (B, C0)
-        temb = self.time_embedding(temb)  # (B, 4*C0)
-
+        temb = embed_time_and_class(self, sample, timestep, class_labels)  # (B, 4*C0)
         x = self.conv_in(sample)  # (B, C0, H, W)
         skips = [x]
         for block in self.down_blocks:

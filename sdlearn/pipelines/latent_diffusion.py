@@ -20,7 +20,8 @@ import torch
 from ..utils.files import atomic_write_json
 from ..models.unet_2d import UNet2DModel
 from ..models.autoencoder_kl import AutoencoderKL
-from .ddpm import DDPMPipeline, ImagePipelineOutput, read_pipeline_folder, to_output_type
+from .pipeline_utils import component_entry
+from .ddpm import DDPMPipeline, ImagePipelineOutput, class_condition, read_pipeline_folder, to_output_type
 
 
 class LatentDiffusionPipeline(DDPMPipeline):
@@ -61,7 +62,7 @@ class LatentDiffusionPipeline(DDPMPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         num_inference_steps: int = 1000,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
@@ -69,13 +70,18 @@ class LatentDiffusionPipeline(DDPMPipeline):
         callback_on_step_end: Callable | None = None,
         progress: bool = True,
         eta: float | None = None,
+        class_labels=None,
+        guidance_scale: float = 4.0,
     ) -> ImagePipelineOutput:
-        """Sample ``batch_size`` images. ``latents``: the starting noise z_T (B, c, h, w); ``output_type``:
-        "pil", "np", "pt" (decoded images) or "latent" (the scaled z_0, not decoded)."""
+        """Sample ``batch_size`` images (or one per label of ``class_labels``, with classifier-free guidance
+        ``guidance_scale``, for a class-conditional UNet). ``latents``: the starting noise z_T (B, c, h, w);
+        ``output_type``: "pil", "np", "pt" (decoded images) or "latent" (the scaled z_0, not decoded)."""
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
+        labels, null, batch_size = class_condition(self.unet, class_labels, batch_size, self.device)
         z0 = self.denoise((batch_size, *self.latent_shape), num_inference_steps, generator, latents,
-                          callback_on_step_end, progress, eta)
+                          callback_on_step_end, progress, eta, condition=labels, null_condition=null,
+                          guidance_scale=guidance_scale)
         if output_type == "latent":
             return ImagePipelineOutput(images=z0)
         return ImagePipelineOutput(images=to_output_type(self.decode_latents(z0), output_type))
@@ -87,9 +93,9 @@ class LatentDiffusionPipeline(DDPMPipeline):
         self.vae.save_pretrained(os.path.join(folder, "vae"))
         atomic_write_json(os.path.join(folder, "model_index.json"), {
             "_class_name": "LatentDiffusionPipeline",
-            "vae": ["sdlearn", "AutoencoderKL"],
-            "unet": ["sdlearn", "UNet2DModel"],
-            "scheduler": ["sdlearn", type(self.scheduler).__name__],
+            "vae": component_entry(self.vae),
+            "unet": component_entry(self.unet),
+            "scheduler": component_entry(self.scheduler),
         })
 
     @classmethod

@@ -41,6 +41,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     seed: int = 0  # seeds data order, t and eps draws, and dropout
     checkpoint_every: int = 200  # steps between checkpoints (also written at the end and on Ctrl-C)
+    condition_dropout: float = 0.1  # conditional training: share of conditions replaced by the null one (CFG)
 
     def __post_init__(self):
         if self.lr_schedule not in ("cosine", "constant"):
@@ -135,7 +136,8 @@ def _unpack(tensors: dict, model, ema: EMA, optimizer, generator: torch.Generato
 def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: TrainConfig,
           run_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
           loss_fn=None, data_range: tuple[float, float] | None = (-1.0, 1.0),
-          max_seconds: float | None = None) -> TrainResult:
+          max_seconds: float | None = None, conditions: torch.Tensor | None = None,
+          null_condition=None) -> TrainResult:
     """Train ``model`` to predict the scheduler's target from x_t; returns the model, its EMA and the loss curve.
 
     ``images``: the training set, (N, C, H, W) in [-1, 1]. With ``run_dir``, checkpoints are written
@@ -145,6 +147,12 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     loss (the VAE passes ``sdlearn.training.losses.VAELoss``; a dataclass, so its settings are saved and checked on
     resume), and ``data_range=None`` accepts data outside [-1, 1] (latent diffusion trains on scaled latents).
     ``max_seconds`` stops after that much wall-clock time in this call (a training budget), checkpointing there.
+
+    Conditional training: ``conditions`` holds one condition per image (class labels (N,), or text embeddings
+    (N, T, C)); each batch takes the conditions of its images, and the diffusion loss drops them to
+    ``null_condition`` with probability ``config.condition_dropout`` (classifier-free guidance). For class labels
+    the null condition defaults to the model's last label row, ``num_class_embeds - 1``. A custom ``loss_fn`` then
+    receives ``condition=`` as a keyword.
     """
     from tqdm.auto import tqdm
 
@@ -155,15 +163,28 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     if data_range is not None and (images.min() < data_range[0] - 1e-3 or images.max() > data_range[1] + 1e-3):
         raise ValueError(f"images must be scaled to [{data_range[0]:g}, {data_range[1]:g}] (DDPM's data range); "
                          "see sdlearn.data.digits.to_model_range. Latents: pass data_range=None.")
+    if conditions is not None:
+        if len(conditions) != len(images):
+            raise ValueError(f"conditions must give one condition per image: {len(conditions)} for {len(images)} images.")
+        if null_condition is None and not conditions.is_floating_point():
+            num = getattr(getattr(model, "config", None), "num_class_embeds", None)
+            if num is None:
+                raise ValueError("class labels need a class-conditional model: set num_class_embeds in its config "
+                                 "(the number of classes + 1 for the null class of classifier-free guidance).")
+            null_condition = num - 1
+        if null_condition is None:
+            raise ValueError("pass null_condition (the empty prompt's encoding) with text-embedding conditions.")
     if loss_fn is None:
         if scheduler is None:
             raise ValueError("pass a noise scheduler (the diffusion loss needs one) or a loss_fn.")
 
-        def loss_fn(model, x0, generator):
-            return diffusion_loss(model, scheduler, x0, generator, config.loss_weighting, config.min_snr_gamma)
+        def loss_fn(model, x0, generator, condition=None):
+            return diffusion_loss(model, scheduler, x0, generator, config.loss_weighting, config.min_snr_gamma,
+                                  condition, config.condition_dropout, null_condition)
     loss_settings = dataclasses.asdict(loss_fn) if dataclasses.is_dataclass(loss_fn) else None
     device = next(model.parameters()).device
     images = images.to(device)
+    conditions = conditions.to(device) if conditions is not None else None
     generator = torch.Generator().manual_seed(config.seed)  # t and eps draws (on CPU, then moved: same on any device)
     torch.manual_seed(config.seed)  # dropout
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -176,7 +197,8 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
         found = load_training_checkpoint(run_dir)
         if found is not None:
             tensors, state = found
-            if state["config"] != dataclasses.asdict(dataclasses.replace(config, steps=state["config"]["steps"])):
+            saved = {**dataclasses.asdict(TrainConfig()), **state["config"]}  # fields added since take their defaults
+            if saved != dataclasses.asdict(dataclasses.replace(config, steps=saved["steps"])):
                 raise ValueError(
                     f"{run_dir!r} holds a run with a different TrainConfig ({state['config']}); "
                     "use another run_dir, or resume=False to start over there."
@@ -214,9 +236,13 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
             rng_before = (generator.get_state(), torch.get_rng_state())
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
-            x0 = images[batch_indices(step, len(images), config.batch_size, config.seed).to(device)]
+            index = batch_indices(step, len(images), config.batch_size, config.seed).to(device)
+            x0 = images[index]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = loss_fn(model, x0, generator)
+                if conditions is None:
+                    loss = loss_fn(model, x0, generator)
+                else:
+                    loss = loss_fn(model, x0, generator, condition=conditions[index])
             if not torch.isfinite(loss):
                 where = f"the last good checkpoint is kept in {run_dir!r}" if run_dir else "no run_dir was given"
                 raise NonFiniteLossError(

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.autoencoder_kl import AutoencoderKL
+from ..models.unet_2d import condition_kwargs
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator, kl_weight: float = 1e-6,
@@ -49,9 +50,23 @@ class VAELoss:
         return vae_loss(vae, x, generator, self.kl_weight, self.reconstruction)[0]
 
 
+def drop_condition(condition: torch.Tensor, p: float, null_condition, generator: torch.Generator) -> torch.Tensor:
+    """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1, line 3): with probability p each
+    sample's condition c is replaced by the null condition, so one network learns eps(z_t, c) and eps(z_t)."""
+    drop = torch.rand(condition.shape[0], generator=generator, device=generator.device).to(condition.device) < p  # (B,)
+    null = torch.as_tensor(null_condition, dtype=condition.dtype, device=condition.device).expand_as(condition)
+    return torch.where(drop.view(-1, *([1] * (condition.ndim - 1))), null, condition)  # drop only the condition
+
+
 def diffusion_loss(model, scheduler, x0: torch.Tensor, generator: torch.Generator, loss_weighting: str = "none",
-                   min_snr_gamma: float = 5.0) -> torch.Tensor:
-    """L_simple (DDPM eq. 14), optionally min-SNR weighted: mean over the batch of w_t || target - model(x_t, t) ||^2."""
+                   min_snr_gamma: float = 5.0, condition: torch.Tensor | None = None, condition_dropout: float = 0.0,
+                   null_condition=None) -> torch.Tensor:
+    """L_simple (DDPM eq. 14), optionally min-SNR weighted: mean over the batch of w_t || target - model(x_t, t) ||^2.
+
+    With a ``condition`` per sample (class labels (B,), or text embeddings (B, T, C)) the model is eps(x_t, t, c):
+    the LDM paper's conditional objective (Rombach et al. 2022, eq. 3), with the condition dropped to
+    ``null_condition`` with probability ``condition_dropout`` for classifier-free guidance.
+    """
     T = scheduler.config.num_train_timesteps
     B = x0.shape[0]
     t = torch.randint(0, T, (B,), generator=generator, device=generator.device).to(x0.device)  # t ~ U{0..T-1}
@@ -64,7 +79,9 @@ def diffusion_loss(model, scheduler, x0: torch.Tensor, generator: torch.Generato
         target = x0
     else:  # v_prediction (Salimans & Ho 2022)
         target = scheduler.get_velocity(x0, eps, t)
-    model_output = model(x_t, t)
+    if condition is not None and condition_dropout > 0:
+        condition = drop_condition(condition, condition_dropout, null_condition, generator)
+    model_output = model(x_t, t, **condition_kwargs(condition))
     per_sample = F.mse_loss(model_output.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
     if loss_weighting == "min_snr":
         alpha_bar = scheduler.alphas_cumprod.to(x0.device)[t]

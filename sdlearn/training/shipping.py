@@ -19,7 +19,7 @@ import os
 import torch
 
 from .checkpoint import load_training_checkpoint
-from .recipes import LatentRecipe, Recipe, VAERecipe, get_recipe, training_images
+from .recipes import LatentRecipe, Recipe, VAERecipe, get_recipe, training_images, training_labels
 from ..schedulers import DDPMScheduler
 from .loop import TrainConfig, TrainResult, train
 from ..models.unet_2d import UNet2DModel
@@ -70,7 +70,9 @@ def train_recipe(name: str, run_dir: str | None = None, config: TrainConfig | No
     scheduler = DDPMScheduler(**recipe.scheduler)
     if isinstance(recipe, LatentRecipe):
         latents = latent_training_set(recipe, run_dir, progress, device)
-        return train(model, scheduler, latents, config, run_dir=run_dir, progress=progress, data_range=None)
+        labels = training_labels(recipe.data) if recipe.class_conditional else None
+        return train(model, scheduler, latents, config, run_dir=run_dir, progress=progress, data_range=None,
+                     conditions=labels)
     return train(model, scheduler, training_images(recipe.data), config, run_dir=run_dir, progress=progress)
 
 
@@ -87,6 +89,11 @@ def export_model(name: str, model: torch.nn.Module, out: str, dtype: torch.dtype
         model.to(dtype).save_pretrained(out)
         return model.float()
     scheduler = DDPMScheduler(**recipe.scheduler)
+    if getattr(recipe, "sampling_scheduler", None) is not None:
+        from ..pipelines.ddpm import SCHEDULER_CLASSES
+
+        class_name, kwargs = recipe.sampling_scheduler
+        scheduler = SCHEDULER_CLASSES[class_name](**kwargs)
     if isinstance(recipe, LatentRecipe):
         pipe = LatentDiffusionPipeline(AutoencoderKL.from_pretrained(recipe.vae).to(dtype), model.to(dtype), scheduler)
     else:

@@ -465,3 +465,74 @@ def test_kill_checkpoints_and_stops(tmp_path, sig):
     proc.wait(timeout=60)
     assert proc.returncode != 0  # it stopped (with KeyboardInterrupt), it did not run on
     assert checkpoint_step(run_dir) >= 1, f"no checkpoint written on {sig!r}: {proc.stderr.read().decode()[-2000:]}"
+
+
+# ---------------------------------------------------------------------------- conditional training (CFG)
+class LabelSpy(nn.Module):
+    """A class-conditional stand-in model that records the labels it is given."""
+
+    def __init__(self, num_class_embeds):
+        super().__init__()
+        self.config = dataclasses.make_dataclass("Cfg", [("num_class_embeds", int)])(num_class_embeds)
+        self.scale = nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, x, t, class_labels=None):
+        self.seen.append(class_labels.clone())
+        return x * self.scale
+
+
+def test_condition_dropout_replaces_labels_by_the_null_class_at_the_configured_rate():
+    from sdlearn.training.losses import drop_condition
+
+    labels = torch.arange(10).repeat(1000)  # 10,000 labels, none is the null class 10
+    dropped = drop_condition(labels, 0.1, 10, torch.Generator().manual_seed(0))
+    is_null = dropped == 10
+    assert 0.09 < is_null.float().mean() < 0.11  # p = 0.1
+    assert torch.equal(dropped[~is_null], labels[~is_null])  # the others are untouched
+    text = torch.randn(8, 3, 4)
+    null_text = torch.zeros(3, 4)  # e.g. the empty prompt's encoding
+    out = drop_condition(text, 1.0, null_text, torch.Generator().manual_seed(0))
+    assert torch.equal(out, null_text.expand(8, 3, 4))  # p = 1: every condition dropped, the images never are
+
+
+def test_train_passes_each_images_own_label_and_drops_some_to_null(tiny_unet_config):
+    images = tiny_images(n=16)
+    labels = torch.arange(16) % 4
+    spy = LabelSpy(num_class_embeds=5)
+    cfg = TrainConfig(steps=40, batch_size=8, warmup_steps=2, condition_dropout=0.25)
+    train(spy, DDPMScheduler(num_train_timesteps=50), images, cfg, progress=False, conditions=labels)
+    seen = torch.cat(spy.seen)
+    assert len(seen) == 40 * 8 and set(seen.tolist()) <= {0, 1, 2, 3, 4}
+    assert 0.15 < (seen == 4).float().mean() < 0.35  # the null class (num_class_embeds - 1) at about p = 0.25
+    first = batch_indices(0, 16, 8, cfg.seed)
+    kept = spy.seen[0] != 4
+    assert torch.equal(spy.seen[0][kept], labels[first][kept])  # each image with its own label
+
+
+def test_conditional_training_resumes_exactly(tmp_path, tiny_unet_config):
+    """Stop after the step-4 checkpoint (as a killed run would), resume: the same weights as one unbroken run."""
+    import shutil
+
+    config = dataclasses.replace(tiny_unet_config, num_class_embeds=4)
+    labels = torch.arange(16) % 3
+    cfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4)
+    scheduler = DDPMScheduler(num_train_timesteps=50)
+    whole = train(fresh_unet(config), scheduler, tiny_images(), cfg, run_dir=tmp_path, progress=False,
+                  conditions=labels)
+    shutil.rmtree(tmp_path / "step-0000008")  # back to the step-4 checkpoint
+    (tmp_path / "latest.json").write_text(json.dumps({"checkpoint": "step-0000004", "step": 4}))
+    resumed = train(fresh_unet(config), scheduler, tiny_images(), cfg, run_dir=tmp_path, progress=False,
+                    conditions=labels)
+    assert resumed.losses == whole.losses
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name  # the same process, the same kernels: bitwise
+
+
+def test_conditional_training_errors(tiny_unet, tiny_unet_config):
+    with pytest.raises(ValueError, match="num_class_embeds"):
+        train(tiny_unet, DDPMScheduler(), tiny_images(), TrainConfig(steps=2, batch_size=4), progress=False,
+              conditions=torch.zeros(16, dtype=torch.long))
+    with pytest.raises(ValueError, match="one condition per image"):
+        train(fresh_unet(dataclasses.replace(tiny_unet_config, num_class_embeds=3)), DDPMScheduler(), tiny_images(),
+              TrainConfig(steps=2, batch_size=4), progress=False, conditions=torch.zeros(5, dtype=torch.long))
