@@ -152,7 +152,7 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     (N, T, C)); each batch takes the conditions of its images, and the diffusion loss drops them to
     ``null_condition`` with probability ``config.condition_dropout`` (classifier-free guidance). For class labels
     the null condition defaults to the model's last label row, ``num_class_embeds - 1``. A custom ``loss_fn`` then
-    receives ``condition=`` as a keyword.
+    receives each batch's conditions as ``condition=`` (a contrastive loss gets the captions' token ids this way).
     """
     from tqdm.auto import tqdm
 
@@ -166,13 +166,13 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     if conditions is not None:
         if len(conditions) != len(images):
             raise ValueError(f"conditions must give one condition per image: {len(conditions)} for {len(images)} images.")
-        if null_condition is None and not conditions.is_floating_point():
+        if loss_fn is None and null_condition is None and not conditions.is_floating_point():
             num = getattr(getattr(model, "config", None), "num_class_embeds", None)
             if num is None:
                 raise ValueError("class labels need a class-conditional model: set num_class_embeds in its config "
                                  "(the number of classes + 1 for the null class of classifier-free guidance).")
             null_condition = num - 1
-        if null_condition is None:
+        if loss_fn is None and null_condition is None:
             raise ValueError("pass null_condition (the empty prompt's encoding) with text-embedding conditions.")
     if loss_fn is None:
         if scheduler is None:
