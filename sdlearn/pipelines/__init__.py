@@ -9,5 +9,7 @@
 from .ddpm import DDPMPipeline, ImagePipelineOutput
 from .latent_diffusion import LatentDiffusionPipeline
 from .pipeline_utils import DiffusionPipeline
+from .stable_diffusion import StableDiffusionPipeline
 
-__all__ = ["DDPMPipeline", "DiffusionPipeline", "ImagePipelineOutput", "LatentDiffusionPipeline"]
+__all__ = ["DDPMPipeline", "DiffusionPipeline", "ImagePipelineOutput", "LatentDiffusionPipeline",
+           "StableDiffusionPipeline"]
