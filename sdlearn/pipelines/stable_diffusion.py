@@ -54,8 +54,10 @@ class StableDiffusionPipeline(DiffusionPipeline):
                              f"cross-attention expects {unet.config.cross_attention_dim} (cross_attention_dim): use "
                              "the text encoder the UNet was trained with.")
         if unet.config.in_channels not in (vae.config.latent_channels, 2 * vae.config.latent_channels + 1):
-            raise ValueError(f"the UNet takes {unet.config.in_channels} channels but the VAE's latents have "
-                             f"{vae.config.latent_channels}.")
+            c = vae.config.latent_channels
+            raise ValueError(f"the UNet takes {unet.config.in_channels} input channels but the VAE's latents have {c}: "
+                             f"a text-to-image UNet takes {c}, an inpainting UNet {2 * c + 1} (latents, mask, "
+                             "masked-image latents).")
 
     # ------------------------------------------------------------------ properties
     @property

@@ -65,3 +65,10 @@ def tiny_sd_folder(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
     pipe.save_pretrained(folder, safe_serialization=True)
     return request.param, folder
+
+
+@pytest.fixture(scope="session")
+def make_tiny_sd():
+    """tiny_sd_components itself, for tests that build other variants (a 9-channel inpainting UNet)."""
+    pytest.importorskip("diffusers")
+    return tiny_sd_components
