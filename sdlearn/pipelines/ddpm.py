@@ -31,7 +31,8 @@ import torch
 
 from ..utils.files import atomic_write_json
 from .pipeline_utils import DiffusionPipeline, component_class, component_entry, read_model_index
-from ..schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from ..schedulers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                          PNDMScheduler)
 from ..models.unet_2d import UNet2DModel, condition_kwargs
 
 
@@ -65,6 +66,7 @@ SCHEDULER_CLASSES = {
     "DDIMScheduler": DDIMScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "PNDMScheduler": PNDMScheduler,
 }
 
 

@@ -5,12 +5,14 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver import DPMSolverMultistepScheduler
 from .euler import EulerDiscreteScheduler
+from .pndm import PNDMScheduler
 
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "EulerDiscreteScheduler",
+    "PNDMScheduler",
     "SchedulerConfig",
     "SchedulerOutput",
 ]

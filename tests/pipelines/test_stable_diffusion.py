@@ -10,7 +10,7 @@ import torch
 
 from sdlearn.pipelines import DiffusionPipeline
 from sdlearn.pipelines.stable_diffusion import StableDiffusionPipeline
-from sdlearn.schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from sdlearn.schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -21,15 +21,17 @@ def both(folder, scheduler: str = "DDIMScheduler"):
     theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     ours = StableDiffusionPipeline.from_pretrained(folder)
     if scheduler != "DDIMScheduler":
-        theirs.scheduler = getattr(diffusers, scheduler).from_config(theirs.scheduler.config)
-        ours.scheduler = {"EulerDiscreteScheduler": EulerDiscreteScheduler,
+        extra = {"skip_prk_steps": True} if scheduler == "PNDMScheduler" else {}  # SD 1.x's PNDM setting
+        theirs.scheduler = getattr(diffusers, scheduler).from_config(theirs.scheduler.config, **extra)
+        ours.scheduler = {"EulerDiscreteScheduler": EulerDiscreteScheduler, "PNDMScheduler": PNDMScheduler,
                           "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}[scheduler].from_config(
-            dict(ours.scheduler.config))
+            {**dict(ours.scheduler.config), **extra})
     theirs.set_progress_bar_config(disable=True)
     return ours, theirs
 
 
-@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
+                                       "PNDMScheduler"])
 def test_same_images_as_diffusers_with_guidance(tiny_sd_folder, scheduler):
     version, folder = tiny_sd_folder
     ours, theirs = both(folder, scheduler)
@@ -91,8 +93,9 @@ def test_every_scheduler_of_chapter_6_runs_in_it(tiny_sd_folder):
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     from sdlearn.schedulers import DDPMScheduler
 
-    for cls in (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler):
-        pipe.scheduler = cls.from_config(dict(pipe.scheduler.config))
+    for cls in (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler, PNDMScheduler):
+        pipe.scheduler = cls.from_config(dict(pipe.scheduler.config), **({"skip_prk_steps": True} if cls is PNDMScheduler
+                                                                           else {}))
         out = pipe("a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np",
                    progress=False).images
         assert np.isfinite(out).all(), cls.__name__
