@@ -235,6 +235,21 @@ class StableDiffusionPipeline(DiffusionPipeline):
         return self.decode(z_0, output_type)
 
     # ------------------------------------------------------------------ save / load
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
+                         config: str | os.PathLike | None = None, prediction_type: str | None = None):
+        """An original Stable Diffusion ``.safetensors`` checkpoint (Stability's key names); the tokenizer comes from
+        a folder, and so may the configs (see sdlearn.pipelines.single_file)."""
+        from .single_file import from_single_file
+
+        return from_single_file(cls, path, tokenizer=tokenizer, config=config, prediction_type=prediction_type)
+
+    def to_single_file(self, path: str | os.PathLike) -> None:
+        """This pipeline's vae, text_encoder and unet as one original-layout ``.safetensors`` file."""
+        from .single_file import to_single_file
+
+        to_single_file(self, path)
+
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """A folder per component plus model_index.json, diffusers' layout (diffusers' pipeline can load it)."""
         folder = os.fspath(folder)
