@@ -169,7 +169,7 @@ def write_cond_card(folder: str, name: str, report: dict, machine: str) -> str:
     recipe = get_recipe(name)
     u = recipe.unet
     sweep = "\n".join(
-        f"| {s} | {r['requested_share']:.1%} | {r['min_digit_share']:.0%} | {r['confident_share']:.1%} | "
+        f"| {s} | {r['samples']} | {r['requested_share']:.1%} | {r['min_digit_share']:.0%} | {r['confident_share']:.1%} | "
         f"{r['frechet_distance']:.1f} | {r['sampling_seconds']:.0f} |" for s, r in report["sweep"].items())
     per_digit = ", ".join(f"{d}: {s:.0%}" for d, s in enumerate(report["per_digit_requested_share"]))
     text = f"""# {name}
@@ -211,11 +211,12 @@ python -m sdlearn evaluate {name}                           # the measurement be
 
 ## Guidance sweep: quality against diversity (the trade-off of Ho & Salimans 2022, Figure 4)
 
-| guidance scale s | requested & confident | weakest digit | confident | Frechet distance | seconds |
-|---:|---:|---:|---:|---:|---:|
+| guidance scale s | samples | requested & confident | weakest digit | confident | Frechet distance | seconds |
+|---:|---:|---:|---:|---:|---:|---:|
 {sweep}
 
-s = 1 is the conditional model without guidance; larger s pushes samples towards what the classifier finds most
+The bar's scale uses {report['per_class']} samples per digit, the others {report['sweep_per_class']} (their Frechet
+distances, from fewer samples, are biased upwards: compare them with each other). s = 1 is the conditional model without guidance; larger s pushes samples towards what the classifier finds most
 digit-like (more requested, less varied: the Frechet distance to real digits says how varied).
 """
     path = os.path.join(folder, "README.md")

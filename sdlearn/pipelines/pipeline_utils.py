@@ -18,7 +18,8 @@ from ..utils.files import resolve_pretrained
 
 # The library each component class comes from, as diffusers spells it in model_index.json.
 LIBRARIES = {"UNet2DModel": "diffusers", "UNet2DConditionModel": "diffusers", "AutoencoderKL": "diffusers",
-             "CLIPTextModel": "transformers", "CLIPTokenizer": "transformers"}
+             "CLIPTextModel": "transformers", "CLIPTokenizer": "transformers",
+             "StableDiffusionSafetyChecker": "stable_diffusion", "CLIPImageProcessor": "transformers"}
 
 
 def component_entry(obj) -> list:
@@ -26,6 +27,7 @@ def component_entry(obj) -> list:
     if obj is None:
         return [None, None]
     name = type(obj).__name__
+    name = {"CLIPImageProcessorPil": "CLIPImageProcessor", "CLIPTokenizerFast": "CLIPTokenizer"}.get(name, name)
     return [LIBRARIES.get(name, "diffusers"), name]
 
 

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from ..models.autoencoder_kl import AutoencoderKL
+from ..models.safety_checker import StableDiffusionSafetyChecker
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..utils.files import atomic_write_json
 from .ddpm import SCHEDULER_CLASSES, guided, to_output_type
@@ -259,8 +260,6 @@ class StableDiffusionPipeline(DiffusionPipeline):
             index[name] = component_entry(component)
             if component is not None:
                 component.save_pretrained(os.path.join(folder, name))
-        if self.tokenizer is not None:
-            index["tokenizer"] = ["transformers", "CLIPTokenizer"]
         atomic_write_json(os.path.join(folder, "model_index.json"), index)
 
     @classmethod
@@ -284,6 +283,8 @@ class StableDiffusionPipeline(DiffusionPipeline):
             return loader(os.path.join(folder, name)) if present else None
 
         pipe = cls(vae=AutoencoderKL.from_pretrained(os.path.join(folder, "vae")),
+                   safety_checker=part("safety_checker", StableDiffusionSafetyChecker.from_pretrained),
+                   feature_extractor=part("feature_extractor", load_feature_extractor),
                    text_encoder=part("text_encoder", lambda p: CLIPTextModel.from_pretrained(p).eval()),
                    tokenizer=part("tokenizer", CLIPTokenizer.from_pretrained),
                    unet=UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet")),
@@ -291,3 +292,12 @@ class StableDiffusionPipeline(DiffusionPipeline):
                    requires_safety_checker=bool(index.get("requires_safety_checker", False)))
         return pipe
 
+
+def load_feature_extractor(folder: str):
+    """transformers' CLIPImageProcessor from a ``feature_extractor/`` folder, with its PIL backend (torchvision,
+    which its default backend needs, does not install beside the CPU build of torch)."""
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:  # older transformers: CLIPImageProcessor is the PIL one
+        from transformers import CLIPImageProcessor as Processor
+    return Processor.from_pretrained(folder)
