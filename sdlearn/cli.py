@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="measure a shipped model against its quality bar (mnist-ddpm: 256 samples, "
-                                        "1000 steps; mnist-vae / shapes-vae: held-out reconstructions; shapes-ldm)")
+                                        "1000 steps; mnist-vae / shapes-vae: held-out reconstructions; shapes-ldm; "
+                                        "mnist-cond: 100 per digit at guidance 3 and a guidance sweep)")
     p.add_argument("name", nargs="?", default="mnist-ddpm", help="shipped model name or pipeline folder")
     p.add_argument("--num-samples", type=int, default=256)
     p.add_argument("--steps", type=int, default=1000, help="DDPM inference steps")
