@@ -216,8 +216,13 @@ def cmd_evaluate(args) -> int:
         folder = resolve_pretrained(args.name)
         with open(os.path.join(folder, "quality.json"), "w") as f:
             json.dump(report, f, indent=2)
-        title = (f"{name}: 16 held-out images (top) and their reconstructions (bottom)" if picture == "reconstructions.png"
-                 else f"{name}: 64 of {args.num_samples} samples")
+        if picture == "reconstructions.png":
+            title = f"{name}: 16 held-out images (top) and their reconstructions (bottom)"
+        elif "per_class" in report:
+            title = (f"{name}: 8 of each digit, guidance {report['guidance_scale']:g}, "
+                     f"{report['num_inference_steps']} steps")
+        else:
+            title = f"{name}: 64 of {args.num_samples} samples"
         show_images(images, nrow=16 if picture == "reconstructions.png" else 8, title=title).savefig(
             os.path.join(folder, picture), dpi=80)
         card = write_card(folder, name, report, args.machine)
