@@ -241,6 +241,54 @@ def condition_kwargs(condition: torch.Tensor | None) -> dict:
     return {"encoder_hidden_states": condition} if condition.is_floating_point() else {"class_labels": condition}
 
 
+def build_unet(unet: nn.Module, config, attention_for, mid_attention) -> None:
+    """Give ``unet`` the modules both UNets share, under diffusers' names: conv_in, time_embedding (and
+    class_embedding), down_blocks, mid_block, up_blocks, conv_norm_out, conv_out.
+
+    ``attention_for(level, block_type)`` returns the attention factory of a resolution level (``None``: no
+    attention there); the up path's block i sits at level ``len(levels) - 1 - i``. ``mid_attention``: the
+    middle block's factory, or None.
+    """
+    ch = config.block_out_channels
+    temb_ch = ch[0] * 4  # DDPM: the time embedding is 4x the base channel count wide
+    g, eps, dropout = config.norm_num_groups, config.norm_eps, getattr(config, "dropout", 0.0)
+    unet.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+    unet.time_embedding = TimestepEmbedding(ch[0], temb_ch)
+    if config.num_class_embeds is not None:  # class-conditional: a label's vector is added to the time embedding
+        unet.class_embedding = nn.Embedding(config.num_class_embeds, temb_ch)
+
+    unet.down_blocks = nn.ModuleList()
+    out_ch = ch[0]
+    for level, block_type in enumerate(config.down_block_types):
+        in_ch, out_ch = out_ch, ch[level]
+        unet.down_blocks.append(DownBlock(in_ch, out_ch, temb_ch, config.layers_per_block, level < len(ch) - 1, g, eps,
+                                          dropout, attention_for(level, block_type)))
+    unet.mid_block = MidBlock(ch[-1], temb_ch, g, eps, dropout, mid_attention)
+    unet.up_blocks = nn.ModuleList()
+    rev = list(reversed(ch))
+    out_ch = rev[0]
+    for i, block_type in enumerate(config.up_block_types):
+        prev_out_ch, out_ch = out_ch, rev[i]
+        in_ch = rev[min(i + 1, len(ch) - 1)]
+        unet.up_blocks.append(UpBlock(in_ch, prev_out_ch, out_ch, temb_ch, config.layers_per_block + 1,
+                                      i < len(ch) - 1, g, eps, dropout, attention_for(len(ch) - 1 - i, block_type)))
+    unet.conv_norm_out = nn.GroupNorm(g, ch[0], eps=eps)
+    unet.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
+
+
+def run_unet(unet: nn.Module, sample: torch.Tensor, temb: torch.Tensor, encoder_hidden_states=None,
+             attention_mask=None) -> torch.Tensor:
+    """The U: down the levels pushing every map on a stack, the middle, up the levels popping them."""
+    x = unet.conv_in(sample)  # (B, C0, H, W)
+    skips = [x]
+    for block in unet.down_blocks:
+        x = block(x, temb, skips, encoder_hidden_states, attention_mask)
+    x = unet.mid_block(x, temb, encoder_hidden_states, attention_mask)
+    for block in unet.up_blocks:
+        x = block(x, temb, skips, encoder_hidden_states, attention_mask)
+    return unet.conv_out(F.silu(unet.conv_norm_out(x)))  # (B, out_channels, H, W)
+
+
 def embed_time_and_class(unet: nn.Module, sample: torch.Tensor, timestep, class_labels) -> torch.Tensor:
     """The vector every residual block receives: MLP(sinusoid(t)), plus the label's embedding row when the model
     is class-conditional (diffusers' UNet2DModel and UNet2DConditionModel add them the same way)."""
@@ -285,42 +333,14 @@ class UNet2DModel(nn.Module):
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = config
-        ch = config.block_out_channels
-        temb_ch = ch[0] * 4  # DDPM: time-embedding width is 4x the base channel count
+        g, eps = config.norm_num_groups, config.norm_eps
 
-        self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(ch[0], temb_ch)
-        if config.num_class_embeds is not None:  # class-conditional: a label's vector is added to the time embedding
-            self.class_embedding = nn.Embedding(config.num_class_embeds, temb_ch)
-        g, eps, dropout = config.norm_num_groups, config.norm_eps, config.dropout
+        def self_attention(level: int, block_type: str):
+            if "Attn" not in block_type:
+                return None
+            return lambda channels: SelfAttentionBlock(channels, config.attention_head_dim, g, eps)
 
-        def self_attention(channels: int) -> SelfAttentionBlock:
-            return SelfAttentionBlock(channels, config.attention_head_dim, g, eps)
-
-        self.down_blocks = nn.ModuleList()
-        out_ch = ch[0]
-        for i, block_type in enumerate(config.down_block_types):
-            in_ch, out_ch = out_ch, ch[i]
-            is_last = i == len(ch) - 1
-            attention = self_attention if "Attn" in block_type else None
-            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_ch, config.layers_per_block, not is_last, g, eps,
-                                              dropout, attention))
-
-        self.mid_block = MidBlock(ch[-1], temb_ch, g, eps, dropout, self_attention if config.add_mid_attention else None)
-
-        self.up_blocks = nn.ModuleList()
-        rev = list(reversed(ch))
-        out_ch = rev[0]
-        for i, block_type in enumerate(config.up_block_types):
-            prev_out_ch, out_ch = out_ch, rev[i]
-            in_ch = rev[min(i + 1, len(ch) - 1)]
-            is_last = i == len(ch) - 1
-            attention = self_attention if "Attn" in block_type else None
-            self.up_blocks.append(UpBlock(in_ch, prev_out_ch, out_ch, temb_ch, config.layers_per_block + 1,
-                                          not is_last, g, eps, dropout, attention))
-
-        self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, ch[0], eps=config.norm_eps)
-        self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
+        build_unet(self, config, self_attention, self_attention(-1, "Attn") if config.add_mid_attention else None)
 
     @property
     def device(self) -> torch.device:
@@ -335,14 +355,7 @@ class UNet2DModel(nn.Module):
         class_labels (B,) integers, for a class-conditional model. Returns eps_theta as a tensor (B, C_out, H, W)."""
         self._check_input(sample)
         temb = embed_time_and_class(self, sample, timestep, class_labels)  # (B, 4*C0)
-        x = self.conv_in(sample)  # (B, C0, H, W)
-        skips = [x]
-        for block in self.down_blocks:
-            x = block(x, temb, skips)
-        x = self.mid_block(x, temb)
-        for block in self.up_blocks:
-            x = block(x, temb, skips)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))  # (B, out_channels, H, W)
+        return run_unet(self, sample, temb)
 
     def _check_input(self, sample: torch.Tensor) -> None:
         c = self.config

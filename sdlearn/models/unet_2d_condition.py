@@ -23,12 +23,11 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttnProcessor, attn_processors, set_attn_processor
 from .transformer_2d import Transformer2DModel
-from .unet_2d import DownBlock, MidBlock, TimestepEmbedding, UpBlock, embed_time_and_class
+from .unet_2d import build_unet, embed_time_and_class, run_unet
 
 _PerLevel = int | tuple[int, ...]
 
@@ -119,42 +118,17 @@ class UNet2DConditionModel(nn.Module):
         self.config = config
         ch, heads = config.block_out_channels, config.heads
         depth = config.per_level(config.transformer_layers_per_block)
-        temb_ch = ch[0] * 4
-        g, eps = config.norm_num_groups, config.norm_eps
 
-        def cross_attention(level: int):
+        def cross_attention(level: int, block_type: str = "CrossAttn"):
+            if not block_type.startswith("CrossAttn"):
+                return None
+
             def make(channels: int) -> Transformer2DModel:
                 return Transformer2DModel(heads[level], channels // heads[level], channels, config.cross_attention_dim,
-                                          depth[level], g, config.use_linear_projection)
+                                          depth[level], config.norm_num_groups, config.use_linear_projection)
             return make
 
-        self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(ch[0], temb_ch)
-        if config.num_class_embeds is not None:
-            self.class_embedding = nn.Embedding(config.num_class_embeds, temb_ch)
-
-        self.down_blocks = nn.ModuleList()
-        out_ch = ch[0]
-        for i, block_type in enumerate(config.down_block_types):
-            in_ch, out_ch = out_ch, ch[i]
-            attention = cross_attention(i) if block_type.startswith("CrossAttn") else None
-            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_ch, config.layers_per_block, i < len(ch) - 1, g, eps,
-                                              make_attention=attention))
-        mid_attention = cross_attention(len(ch) - 1) if config.mid_block_type else None
-        self.mid_block = MidBlock(ch[-1], temb_ch, g, eps, make_attention=mid_attention)
-
-        self.up_blocks = nn.ModuleList()
-        rev = list(reversed(ch))
-        out_ch = rev[0]
-        for i, block_type in enumerate(config.up_block_types):
-            prev_out_ch, out_ch = out_ch, rev[i]
-            in_ch = rev[min(i + 1, len(ch) - 1)]
-            attention = cross_attention(len(ch) - 1 - i) if block_type.startswith("CrossAttn") else None
-            self.up_blocks.append(UpBlock(in_ch, prev_out_ch, out_ch, temb_ch, config.layers_per_block + 1,
-                                          i < len(ch) - 1, g, eps, make_attention=attention))
-
-        self.conv_norm_out = nn.GroupNorm(g, ch[0], eps=eps)
-        self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
+        build_unet(self, config, cross_attention, cross_attention(len(ch) - 1) if config.mid_block_type else None)
         set_attn_processor(self, AttnProcessor())  # also names every attention layer (for AttentionStore's records)
 
     @property
@@ -190,14 +164,7 @@ class UNet2DConditionModel(nn.Module):
         mask = None
         if encoder_attention_mask is not None:  # as diffusers: (1 - mask) * -10000, broadcast over heads and queries
             mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0)[:, None, None, :]  # (B, 1, 1, T)
-        x = self.conv_in(sample)
-        skips = [x]
-        for block in self.down_blocks:
-            x = block(x, temb, skips, encoder_hidden_states, mask)
-        x = self.mid_block(x, temb, encoder_hidden_states, mask)
-        for block in self.up_blocks:
-            x = block(x, temb, skips, encoder_hidden_states, mask)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))  # (B, out_channels, H, W)
+        return run_unet(self, sample, temb, encoder_hidden_states, mask)
 
     def _check_input(self, sample: torch.Tensor, encoder_hidden_states) -> None:
         c = self.config
