@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from sdlearn.course.notebooks import NotebookError, execute_notebook, release_notebook, strip_solutions
+from sdlearn.course.notebooks import NotebookError, execute_notebook, release, release_notebook, strip_solutions
 
 CHAPTERS = Path(__file__).resolve().parents[2] / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))  # empty until the chapters exist: those tests then skip
@@ -89,9 +89,57 @@ def test_runs_in_fast_mode(path, tmp_path):
         pytest.fail(failure, pytrace=False)
     print(f"{path.name}: {run.seconds:.1f} s in FAST mode")
     assert run.notebook.is_file() and run.html.is_file()
+    assert_every_picture_reached_the_page(run.html)
     assert run.seconds <= FAST_BUDGET_S, (
         f"{path.name} took {run.seconds:.0f} s in FAST mode; the budget is {FAST_BUDGET_S} s on a 2-core CPU "
         "(use the shipped checkpoints and fewer steps when FAST).")
+
+
+def assert_every_picture_reached_the_page(page: Path) -> None:
+    """An object displayed without an HTML-able form shows in the page as its repr: '<IPython.core.display.Image
+    object>' (a GIF displayed without embed=True), '<Figure size ...>' (a figure that never rendered)."""
+    text = page.read_text(encoding="utf-8")
+    placeholders = [m for m in ("&lt;IPython.core.display.", "&lt;Figure size", "&lt;matplotlib.figure.Figure")
+                    if m in text]
+    assert not placeholders, (f"{page.name}: the page shows {placeholders} where a picture should be; display images "
+                              "as data (IPython.display.Image(data=..., embed=True), a PNG, or an HTML <img>).")
+
+
+def with_solutions_back(student: Path, original: Path) -> None:
+    """Put the original's exercise cells into the student copy: what a learner who solved everything has."""
+    nb, ref = nbformat.read(student, as_version=4), nbformat.read(original, as_version=4)
+    assert len(nb.cells) == len(ref.cells), f"{student.name}: the student copy lost or gained cells"
+    for cell, solved in zip(nb.cells, ref.cells):
+        if cell.cell_type == "code" and nbgrader(cell).get("solution"):
+            cell.source = strip_solutions_markers(solved.source)
+    nbformat.write(nb, student)
+
+
+def strip_solutions_markers(source: str) -> str:
+    return "".join(line for line in source.splitlines(keepends=True)
+                   if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
+
+
+@pytest.mark.slow
+def test_released_student_copies_run_clean_from_their_own_folder(tmp_path):
+    """Issue 17: chapter 4's student copy imported a module from chapters/'s neighbour benchmarks/ and crashed in
+    build/student/. Release every chapter into a folder elsewhere (as `make exercises` does), put the solutions
+    back in, and run each copy there: a notebook may depend on sdlearn, never on the files next to it."""
+    if not NOTEBOOKS:
+        pytest.skip("no chapters yet")
+    student_dir = tmp_path / "somewhere" / "student"
+    copies = release([CHAPTERS], student_dir)
+    assert [c.name for c in copies] == [p.name for p in NOTEBOOKS]
+    failures = []
+    for copy_path, original in zip(copies, NOTEBOOKS):
+        with_solutions_back(copy_path, original)
+        try:
+            run = execute_notebook(copy_path, tmp_path / "out", fast=True, timeout=FAST_BUDGET_S)
+        except NotebookError as exc:
+            failures.append(str(exc))
+            continue
+        assert_every_picture_reached_the_page(run.html)
+    assert not failures, "student copies (solutions put back) that fail from their own folder:\n" + "\n".join(failures)
 
 
 # --- release_notebook on a notebook built here ---------------------------------------------------
