@@ -473,7 +473,11 @@ def assert_answers_that_call_sdlearn_earn_nothing(pool, tmp_path, path):
             namespace = {"torch": torch, "predicted_original": predicted_original}
             exec(source, namespace)
             fn = namespace[EXERCISES[exercise_id].signature.split("(")[0]]
-            assert run_check(exercise_id, fn)[0], f"{exercise_id}: this reference answer should pass without the guard"
+            from sdlearn.course.checks import CHECKS
+
+            CHECKS[exercise_id](fn)  # right without any guard: only the guard stops it
+            passed, feedback = run_check(exercise_id, fn)  # the check cell agrees with the grader (issue 17)
+            assert not passed and "scores nothing" in feedback, f"{exercise_id}: the check cell passed it: {feedback}"
     result = pool.grade_notebook(with_answers(path, tmp_path / path.name,
                                               {e: REFERENCE_ANSWERS[e][0] for e in ids}))
     for e in result.exercises:

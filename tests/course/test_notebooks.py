@@ -249,3 +249,22 @@ def test_execute_notebook_reports_a_cell_timeout(tmp_path):
     nbformat.write(nb, tmp_path / "slow.ipynb")
     with pytest.raises(NotebookError, match=r"slow.ipynb failed at cell 2 of 2: took longer than 1 s"):
         execute_notebook(tmp_path / "slow.ipynb", tmp_path / "out", timeout=1)
+
+
+def test_a_failed_check_shows_the_feedback_not_the_machinery(tmp_path):
+    """Issue 17: a failed check printed a long traceback through sdlearn's checks. In a notebook, the error shows the
+    feedback (the learner's line, the hint), no frames of sdlearn.course."""
+    nb = new_notebook(cells=[
+        new_code_cell("from sdlearn.course.checks import check\n"
+                      "def predict_x0(x_t, t, eps_pred, alphas_cumprod):\n"
+                      "    return x_t / alphas_cumprod[t + 1].sqrt().view(-1, 1, 1, 1)\n"),
+        new_code_cell('check("ch02.predict_x0", predict_x0)'),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "failing.ipynb")
+    with pytest.raises(NotebookError, match="CheckFailed"):
+        execute_notebook(tmp_path / "failing.ipynb", tmp_path / "out", fast=True, timeout=120)
+    executed = nbformat.read(tmp_path / "out" / "failing.ipynb", as_version=4)
+    [error] = [o for o in executed.cells[1].outputs if o.output_type == "error"]
+    shown = "\n".join(error.traceback)
+    assert "alphas_cumprod[t + 1]" in shown and "likely mistake" in shown, shown
+    assert "sdlearn/course" not in shown and "core.py" not in shown, shown
