@@ -199,7 +199,7 @@ def test_gradients_reach_every_parameter(tiny_unet):
 
 # ---------------------------------------------------------------------------- bad inputs
 def test_bad_inputs_raise_helpful_errors(tiny_unet):
-    with pytest.raises(ValueError, match=r"expects x_t shaped \(B, 1, H, W\).*unsqueeze"):
+    with pytest.raises(ValueError, match=r"expects x_t shaped \(B, 1, H, W\).*given RGB"):
         tiny_unet(torch.randn(2, 3, 16, 16), 1)
     with pytest.raises(ValueError, match=r"expects x_t shaped"):
         tiny_unet(torch.randn(16, 16), 1)
