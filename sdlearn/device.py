@@ -33,7 +33,8 @@ def get_device(preferred: str | None = None) -> torch.device:
 
 
 def fast_mode() -> bool:
-    """FAST mode (small models, few steps, shipped checkpoints) as COURSE.md defines it.
+    """FAST mode: the shipped pretrained models instead of training, fewer steps and samples, so that every chapter
+    runs on a laptop CPU (the README's Time table says how long each takes).
 
     ``SDLEARN_FAST=1`` or ``0`` decides when set; otherwise FAST is on when there is no GPU.
     """

@@ -3,7 +3,7 @@
 - :func:`execute_notebook` runs one notebook with nbclient (the ``python3`` kernel of the environment
   sdlearn is installed in) and writes the executed ``.ipynb`` plus an HTML page (nbconvert).
 - :func:`run_course` does that for every ``chapters/*.ipynb`` in order: what ``make course`` runs.
-- :func:`release_notebook` writes a student copy: the exercise markup of COURSE.md (nbgrader's)
+- :func:`release_notebook` writes a student copy: the chapters' exercise markup (nbgrader's)
   with every solution replaced by ``raise NotImplementedError()`` and hidden tests removed.
 """
 
@@ -194,7 +194,7 @@ def run_course(chapters_dir: str | os.PathLike = "chapters", out_dir: str | os.P
 
 
 # ---------------------------------------------------------------------------------------------
-# Student copies (COURSE.md, "Exercise markup")
+# Student copies (nbgrader's markup: ### BEGIN SOLUTION .. ### END SOLUTION, ### BEGIN HIDDEN TESTS ..)
 # ---------------------------------------------------------------------------------------------
 
 def _indent_of(line: str) -> str:

@@ -307,7 +307,7 @@ REFERENCE_ANSWERS.update(REFERENCE_ANSWERS_LATENT)
 
 
 def latent_notebook(folder: Path, chapter: int) -> Path:
-    """A small notebook of chapter 3 or 4's exercises, in the markup of COURSE.md, holding SOLUTIONS_LATENT."""
+    """A small notebook of chapter 3 or 4's exercises, in the chapters' nbgrader markup, holding SOLUTIONS_LATENT."""
     new = nbformat.v4
     cells = [new.new_markdown_cell(f"# Chapter {chapter} (a test notebook)"),
              new.new_code_cell("import torch\nfrom sdlearn.course.checks import check")]

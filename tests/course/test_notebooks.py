@@ -16,7 +16,7 @@ from sdlearn.course.notebooks import NotebookError, execute_notebook, release, r
 
 CHAPTERS = Path(__file__).resolve().parents[2] / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))  # empty until the chapters exist: those tests then skip
-FAST_BUDGET_S = 180  # COURSE.md asks for 2 minutes on a 2-core CPU; the rest is slack for a busy machine
+FAST_BUDGET_S = 180  # the target is 2 minutes on a 2-core CPU with one core busy (README, Time); the rest is slack
 
 by_chapter = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 
