@@ -55,6 +55,13 @@ def _kernel_env(fast: bool | None) -> dict[str, str]:
     package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds sdlearn/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures into the outputs, not a window
+    # The CPU threads, chosen in one place (sdlearn.device.num_threads, SDLEARN_THREADS): set for OpenMP and MKL
+    # before the kernel starts, so their pools are this size from the first operation on.
+    from ..device import num_threads
+
+    threads = str(num_threads())
+    env["SDLEARN_THREADS"] = threads
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
     return env
 
 
