@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from ..checks.core import NOT_WRITTEN
-from ..checks.guard import ReferenceUnavailable  # noqa: F401 - one class for the check cell and the grader
+from ..checks.guard import ReferenceUnavailable  # one class for the check cell and the grader
 from .notebook import _defined_names, _to_python
 from .references import BLOCKED_PACKAGES
 
