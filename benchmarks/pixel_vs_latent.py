@@ -37,22 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sdlearn.models.unet_2d import UNetConfig  # noqa: E402
+# the UNet family, the target and the table live in the package (chapter 4 shows them from there)
+from sdlearn.evaluation.pixel_vs_latent import TARGET_STEP_RATIO, markdown_table, unet_config  # noqa: E402,F401
 
 ARMS = ("pixel", "latent f=4", "latent f=8")
 DEFAULT_VAES = {"latent f=4": "shapes-vae", "latent f=8": os.path.join("runs", "shapes-vae-f8", "export")}
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                  prediction_type="epsilon", clip_sample=False)
-TARGET_STEP_RATIO = 4.0
-
-
-def unet_config(in_channels: int, sample_size: int) -> UNetConfig:
-    """The shared family: same depth and widths for every arm; only the input size and channels differ."""
-    return UNetConfig(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-                      block_out_channels=(32, 64, 128), down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                      up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
-                      attention_head_dim=32, norm_num_groups=8)
-
 
 # ---------------------------------------------------------------------------- the child process
 def _sync(device):
@@ -246,27 +237,6 @@ def measure(arm: str | None, what: str, passthrough: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{arm} / {what} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
     return json.loads(stdout.strip().splitlines()[-1])
-
-
-def markdown_table(results: dict) -> str:
-    what = next(iter(results["arms"].values()))["sample_what"] if results["arms"] else ""
-    rows = [f"| arm | UNet input | train step (s) | with encoding (s) | step ratio vs pixel | sampling ({what}, s) "
-            "| peak memory | well-formed after budget |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for arm, e in results["arms"].items():
-        mem = (f"{e['cuda_peak_bytes'] / 2**20:.0f} MiB (CUDA)" if "cuda_peak_bytes" in e
-               else f"{e['maxrss_bytes'] / 2**20:.0f} MiB (RSS)")
-        q = e.get("quality", {})
-        quality = f"{q['well_formed_share']:.0%} ({q['train_steps_in_budget']} steps)" if q else "-"
-        enc = f"{e['train_step_seconds_with_encoding']:.3f}" if "train_step_seconds_with_encoding" in e else "-"
-        ratio = (f"{e['step_ratio_cached']:.1f}x cached, {e['step_ratio_with_encoding']:.1f}x encoding"
-                 if "step_ratio_cached" in e else "1x")
-        rows.append(f"| {arm} | {'x'.join(map(str, e['input_shape']))} | {e['train_step_seconds']:.3f} | {enc} | {ratio} "
-                    f"| {e['sample_seconds']:.1f} | {mem} | {quality} |")
-    rows.append(f"\nBatch {results['batch']}, {results['device']} ({results['machine']}, {results['torch_threads']} "
-                f"threads); training budget {results['budget_seconds']:.0f} s per arm; a subprocess doing nothing: "
-                f"{results['baseline_maxrss_bytes'] / 2**20:.0f} MiB RSS.")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

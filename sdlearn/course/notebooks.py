@@ -3,7 +3,7 @@
 - :func:`execute_notebook` runs one notebook with nbclient (the ``python3`` kernel of the environment
   sdlearn is installed in) and writes the executed ``.ipynb`` plus an HTML page (nbconvert).
 - :func:`run_course` does that for every ``chapters/*.ipynb`` in order: what ``make course`` runs.
-- :func:`release_notebook` writes a student copy: the exercise markup of COURSE.md (nbgrader's)
+- :func:`release_notebook` writes a student copy: the chapters' exercise markup (nbgrader's)
   with every solution replaced by ``raise NotImplementedError()`` and hidden tests removed.
 """
 
@@ -55,6 +55,13 @@ def _kernel_env(fast: bool | None) -> dict[str, str]:
     package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds sdlearn/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures into the outputs, not a window
+    # The CPU threads, chosen in one place (sdlearn.device.num_threads, SDLEARN_THREADS): set for OpenMP and MKL
+    # before the kernel starts, so their pools are this size from the first operation on.
+    from ..device import num_threads
+
+    threads = str(num_threads())
+    env["SDLEARN_THREADS"] = threads
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
     return env
 
 
@@ -194,7 +201,7 @@ def run_course(chapters_dir: str | os.PathLike = "chapters", out_dir: str | os.P
 
 
 # ---------------------------------------------------------------------------------------------
-# Student copies (COURSE.md, "Exercise markup")
+# Student copies (nbgrader's markup: ### BEGIN SOLUTION .. ### END SOLUTION, ### BEGIN HIDDEN TESTS ..)
 # ---------------------------------------------------------------------------------------------
 
 def _indent_of(line: str) -> str:

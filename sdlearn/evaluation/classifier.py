@@ -205,3 +205,50 @@ def classifier_report(model: DigitClassifier, seed: int = 1234) -> dict:
     return report
 
 
+
+
+def quality_table(report: dict, real: dict, measured: dict | None = None, min_samples: int = 128) -> str:
+    """Generated digits against real ones, measured the same way, as a text table (chapter 2, section 8).
+
+    ``report`` and ``real``: :func:`digit_report` of the samples and of as many real digits. Below ``min_samples``
+    (use the classifier's feature dimension: with fewer samples the feature covariances are singular) the Frechet
+    distance and the smallest class share say more about the sample size than about the model: 16 real digits
+    score a far larger distance than a model's samples, and some digit is missing from 16 by chance. They are
+    then printed as "too few" and, when ``measured`` (the shipped model's quality.json: 256 samples, 1000 steps)
+    is given, the measured figures stand next to them, labelled as such. Below ``min_samples`` the confident
+    share comes with its 95% interval (Wilson's score interval for a binomial share).
+    """
+    enough = report["n"] >= min_samples
+
+    def share(r: dict) -> str:
+        p, n, z = r["confident_share"], r["n"], 1.96
+        if n >= min_samples:
+            return f"{p:.1%}"
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+        return f"{p:.0%} ({max(0.0, centre - half):.0%}-{min(1.0, centre + half):.0%})"  # Wilson's 95% interval
+
+    def maybe(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if enough else f"too few (n < {min_samples})"
+
+    columns = [("generated", report), ("real", real)]
+    rows = [("samples", [str(r["n"]) for _, r in columns]),
+            ("confident share (>=0.9)", [share(r) for _, r in columns]),
+            ("smallest class share", [maybe(r, "min_class_share", ".1%") for _, r in columns]),
+            ("Frechet distance", [maybe(r, "frechet_distance", ".2f") for _, r in columns])]
+    header = ["", "generated", "real"]
+    if measured is not None and not enough:
+        header += ["shipped model, measured", "real, measured"]
+        extra = [(str(measured["n"]), str(measured["n"])),
+                 (f"{measured['confident_share']:.1%}", "-"),
+                 (f"{measured['min_class_share']:.1%}", "-"),
+                 (f"{measured['frechet_distance']:.2f}", f"{measured.get('real_vs_real_frechet', float('nan')):.2f}")]
+        rows = [(name, values + list(more)) for (name, values), more in zip(rows, extra)]
+    widths = [max(len(header[i]), *(len(v[i - 1]) if i else len(name) for name, v in rows)) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for name, values in rows:
+        lines.append("  ".join([name.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])]))
+    if measured is not None and not enough:
+        lines.append(f"\nThe measured columns: the shipped model's own evaluation ({measured['n']} samples, "
+                     f"{measured.get('num_inference_steps', '?')} DDPM steps; its model card and quality.json), not "
+                     f"these {report['n']} samples.")
+    return "\n".join(lines)

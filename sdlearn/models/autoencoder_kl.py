@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SelfAttentionBlock
+from .input_checks import channel_advice, size_advice
 from .unet_2d import Downsample2D, ResnetBlock2D, Upsample2D
 
 VAE_NORM_EPS = 1e-6  # GroupNorm epsilon throughout the autoencoder (diffusers and the LDM code use 1e-6)
@@ -279,11 +281,12 @@ class AutoencoderKL(nn.Module):
         cfg, f = self.config, self.config.downsampling_factor
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"encode expects images shaped (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}. "
-                             + ("Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else
-                                "Check the channel count (RGB images have 3, digits 1)."))
+                             + channel_advice(tuple(x.shape), cfg.in_channels))
         if x.shape[-2] % f or x.shape[-1] % f:
             raise ValueError(f"H and W must be divisible by the downsampling factor f = {f}; got {tuple(x.shape[-2:])}. "
                              f"Pad or resize the images to a multiple of {f}.")
+        if tuple(x.shape[-2:]) != (cfg.sample_size, cfg.sample_size):
+            warnings.warn(size_advice(tuple(x.shape[-2:]), cfg.sample_size, "This AutoencoderKL"), stacklevel=3)
         if not torch.jit.is_tracing() and x.numel() and x.detach().abs().max() > 1.5:
             raise ValueError(f"images must be scaled to [-1, 1]; these reach {x.detach().abs().max().item():.3g}. "
                              "For uint8 pixels use x / 127.5 - 1 (sdlearn.data.digits does this for you).")

@@ -358,16 +358,21 @@ class UNet2DModel(nn.Module):
         return run_unet(self, sample, temb)
 
     def _check_input(self, sample: torch.Tensor) -> None:
+        import warnings
+
+        from .input_checks import channel_advice, size_advice
+
         c = self.config
         if sample.ndim != 4 or sample.shape[1] != c.in_channels:
-            raise ValueError(
-                f"UNet expects x_t shaped (B, {c.in_channels}, H, W), got {tuple(sample.shape)}. "
-                "Add a channel dimension with x.unsqueeze(1) for single images."
-            )
+            raise ValueError(f"UNet expects x_t shaped (B, {c.in_channels}, H, W), got {tuple(sample.shape)}. "
+                             + channel_advice(tuple(sample.shape), c.in_channels))
         factor = 2 ** (len(c.block_out_channels) - 1)
         if sample.shape[-1] % factor or sample.shape[-2] % factor:
             raise ValueError(f"H and W must be divisible by {factor} (the UNet halves them {factor.bit_length() - 1} times); "
                              f"got {tuple(sample.shape[-2:])}.")
+        if tuple(sample.shape[-2:]) != (c.sample_size, c.sample_size):
+            warnings.warn(size_advice(tuple(sample.shape[-2:]), c.sample_size, "UNet2DModel"),
+                          stacklevel=5)  # _check_input, forward, torch's two __call__ frames, the caller
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, folder: str | os.PathLike) -> None:

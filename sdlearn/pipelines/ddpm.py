@@ -75,6 +75,15 @@ class ImagePipelineOutput:
     images: object  # list of PIL images, a (B, H, W, C) numpy array in [0, 1], or a (B, C, H, W) tensor
 
 
+def check_sample_shape(unet, shape: tuple) -> None:
+    """A pipeline refuses to sample at a size its UNet was not trained at (the model itself only warns)."""
+    size = getattr(unet.config, "sample_size", None)
+    if size is not None and len(shape) == 4 and tuple(shape[-2:]) != (size, size):
+        raise ValueError(f"this pipeline's UNet was trained on {size}x{size} inputs (unet.config.sample_size); asked "
+                         f"for {shape[-2]}x{shape[-1]}. Sample at {size}x{size} (pass latents shaped (B, "
+                         f"{unet.config.in_channels}, {size}, {size})), or train a model at the size you want.")
+
+
 def to_output_type(x: torch.Tensor, output_type: str):
     """Convert samples in [-1, 1] (B, C, H, W) to "pt" (tensor in [0, 1]), "np" (B, H, W, C) or "pil"."""
     if output_type not in ("pil", "np", "pt"):
@@ -163,6 +172,7 @@ class DDPMPipeline(DiffusionPipeline):
                                  f"{name}. Use DDIMScheduler.from_config(pipe.scheduler.config).")
             step_kwargs[name] = value
         shape = tuple(shape)
+        check_sample_shape(self.unet, shape)
         device = self.device
         if latents is None:
             # draw on the generator's device (CPU by default) so a seed gives the same noise everywhere

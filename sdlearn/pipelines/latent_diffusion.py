@@ -24,6 +24,15 @@ from .pipeline_utils import component_entry
 from .ddpm import DDPMPipeline, ImagePipelineOutput, class_condition, read_pipeline_folder, to_output_type
 
 
+def check_images_fit(pipe, images: torch.Tensor) -> None:
+    """Refuse images whose latents would not have the size the pipeline's UNet was trained at."""
+    f, size = pipe.vae.config.downsampling_factor, pipe.unet.config.sample_size
+    if images.ndim == 4 and tuple(images.shape[-2:]) != (size * f, size * f):
+        raise ValueError(f"this pipeline's UNet was trained on {size}x{size} latents, the encodings of "
+                         f"{size * f}x{size * f} images (f = {f}); these images are {images.shape[-2]}x{images.shape[-1]}. "
+                         f"Pad or resize them to {size * f}x{size * f}.")
+
+
 class LatentDiffusionPipeline(DDPMPipeline):
     """Unconditional generation in a VAE's latent space with a UNet and any scheduler."""
 
@@ -55,6 +64,7 @@ class LatentDiffusionPipeline(DDPMPipeline):
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [-1, 1] -> scaled latents z_0 = scaling_factor * E(x) (the posterior's mode, or a sample
         when a generator is given): what the UNet was trained on."""
+        check_images_fit(self, images)
         posterior = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
         z = posterior.sample(generator) if generator is not None else posterior.mode()
         return z * self.vae.config.scaling_factor

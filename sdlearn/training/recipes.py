@@ -42,7 +42,7 @@ RECIPES = {
                         attention_head_dim=32, norm_num_groups=8),
         scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                        prediction_type="epsilon", variance_type="fixed_small", clip_sample=True),
-        # Changes from the baseline, each measured to move the curve (BASELINES.md): warm-up and cosine
+        # Changes from the baseline (diffusers' train_unconditional example), each measured to move the curve: warm-up and cosine
         # decay, min-SNR-5 weighting (Hang et al. 2023), a shorter EMA.
         train=TrainConfig(steps=7500, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
                           min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, loss_weighting="min_snr",

@@ -21,10 +21,10 @@ from .diffusion import (
     plot_schedules,
     plot_trajectory,
 )
-from .images import channel_grid, image_grid, noise_to_display, show_images, show_shapes, to_display
+from .images import channel_grid, image_grid, noise_to_display, show_gif, show_images, show_shapes, to_display
 
 __all__ = [
     "TrajectoryRecorder", "channel_grid", "denoising_gif", "forward_strip", "image_grid", "moving_average",
     "noise_slider", "noise_to_display", "noising_frame", "noising_frames", "plot_loss", "plot_schedules",
-    "plot_trajectory", "show_images", "show_shapes", "to_display",
+    "plot_trajectory", "show_gif", "show_images", "show_shapes", "to_display",
 ]

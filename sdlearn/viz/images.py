@@ -180,3 +180,30 @@ def show_shapes(images: torch.Tensor, captions: list[str] | None = None, nrow: i
         _imshow(ax, img.permute(1, 2, 0).numpy())
         ax.set_xlabel(textwrap.fill(text, 24), fontsize=6)
     return fig
+
+
+class AnimatedImage:
+    """A GIF that shows as a picture in Jupyter *and* in the HTML page nbconvert makes of the executed notebook.
+
+    ``IPython.display.Image`` hands Jupyter the bytes as image/gif, which nbconvert's HTML page does not render: it
+    shows the text "<IPython.core.display.Image object>" instead. This object gives HTML with the GIF inside
+    (a data URI), which both render. ``display(show_gif(path))``.
+    """
+
+    def __init__(self, data: bytes, width: int | None = None):
+        if not data.startswith((b"GIF87a", b"GIF89a")):
+            raise ValueError("not a GIF: the data should start with 'GIF87a' or 'GIF89a' (write one with "
+                             "sdlearn.viz.denoising_gif).")
+        self.data, self.width = data, width
+
+    def _repr_html_(self) -> str:
+        import base64
+
+        width = f' width="{self.width}"' if self.width else ""
+        return f'<img src="data:image/gif;base64,{base64.b64encode(self.data).decode("ascii")}"{width}/>'
+
+
+def show_gif(path, width: int | None = None) -> AnimatedImage:
+    """The GIF at ``path`` as a displayable picture (see :class:`AnimatedImage`)."""
+    with open(path, "rb") as f:
+        return AnimatedImage(f.read(), width)

@@ -10,7 +10,7 @@ The viewers show both side by side, at the steps a :class:`sdlearn.viz.diffusion
 - :func:`plot_latent_step` and :func:`latent_step_slider`: the same four pictures for one step, and an
   ipywidgets slider over the kept steps that redraws them;
 - :func:`plot_cost_table`: the pixel-against-latent benchmark (``benchmarks/pixel_vs_latent.py``) as bars;
-  its Markdown table is the benchmark's own ``markdown_table``.
+  its Markdown table is ``sdlearn.evaluation.pixel_vs_latent.markdown_table``.
 
 Latents are drawn on a fixed scale, like noise in sdlearn.viz.diffusion: the scaled latents have about unit variance,
 so z / 3 clamped to [-1, 1] (+-3 standard deviations span black..white), and the same grey means the same

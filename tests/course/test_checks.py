@@ -196,6 +196,12 @@ def expected_text(key: str) -> str:
     return f"likely mistake ({LABELS[key]})" if key in LABELS else key
 
 
+def library_check(exercise_id: str, fn) -> None:
+    """Run an exercise's checks on sdlearn's own implementation: do the library and the first-principles references
+    agree? (``check`` itself refuses sdlearn's implementations, as the grader does; these tests bypass that.)"""
+    grading.CHECKS[exercise_id](fn)
+
+
 # ---------------------------------------------------------------------------- tests
 def test_every_exercise_has_metadata_and_a_check():
     assert set(EXERCISES) == set(grading.CHECKS)
@@ -267,7 +273,8 @@ def test_run_check_never_raises():
 # checks hand to the learner's function (never sdlearn's VAE loss, KL, scale factor or pipelines).
 GRADING_MAY_IMPORT = {"sdlearn.models.autoencoder_kl": {"AutoencoderKL", "AutoencoderKLConfig", "DiagonalGaussianDistribution"},
                       "sdlearn.schedulers": {"DDIMScheduler", "EulerDiscreteScheduler"},
-                      "sdlearn.utils.files": {"PACKAGE_DIR"}}  # to tell the learner's frames from sdlearn's
+                      "sdlearn.utils.files": {"PACKAGE_DIR"},  # to tell the learner's frames from sdlearn's
+                      "sdlearn.course.grader.references": {"REFERENCES"}}  # the paths the check cell takes away too
 
 
 def test_grading_computes_references_itself():
@@ -314,9 +321,9 @@ def test_library_functions_pass_the_checks():
                 return scheduler.step(eps_pred, t, x_t, variance_noise=z).prev_sample
         raise AssertionError("no scheduler config matches these betas")
 
-    check("ch01.q_sample", q_sample)
-    check("ch02.predict_x0", predict_x0)
-    check("ch02.ddpm_step", ddpm_step)
+    library_check("ch01.q_sample", q_sample)
+    library_check("ch02.predict_x0", predict_x0)
+    library_check("ch02.ddpm_step", ddpm_step)
 
 
 # ============================================================================ chapter 6 (DDIM and the samplers)
@@ -440,8 +447,8 @@ def test_ch06_library_functions_pass_the_checks():
         scheduler.scale_model_input(x, scheduler.timesteps[0])
         return scheduler.step(eps_pred, scheduler.timesteps[0], x).prev_sample
 
-    check("ch06.ddim_step", ddim_step)
-    check("ch06.timestep_grid", lambda S, T, spacing: spaced_timesteps(S, T, spacing))
+    library_check("ch06.ddim_step", ddim_step)
+    library_check("ch06.timestep_grid", lambda S, T, spacing: spaced_timesteps(S, T, spacing))
     # the scheduler works in float32, so check it on the float32 cases only
     x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     for sigma, sigma_next in ((80.0, 40.0), (1.5, 0.0)):
@@ -519,7 +526,8 @@ def make_sample_latents(unscale="divide", init_sigma=True, scale_input=True, cla
 
 
 def make_encode_diffuse_decode(noise_at="start", loop="start", encode_scale=True, unscale="divide", rounding=int,
-                               init_sigma=False, zero_guard=True, posterior="mode", ddpm_noise=False, clamp=True):
+                               init_sigma=False, zero_guard=True, posterior="mode", ddpm_noise=False, clamp=True,
+                               start_offset=0):
     @torch.no_grad()
     def encode_diffuse_decode(unet, vae, scheduler, x0, strength, eps, num_inference_steps):
         S = num_inference_steps
@@ -527,7 +535,7 @@ def make_encode_diffuse_decode(noise_at="start", loop="start", encode_scale=True
         z = (posterior_.mode() if posterior == "mode" else posterior_.sample())
         z = z * vae.config.scaling_factor if encode_scale else z
         scheduler.set_timesteps(S)
-        t_start = S - min(rounding(S * strength), S)
+        t_start = S - min(rounding(S * strength), S) + start_offset
         timesteps = scheduler.timesteps[t_start:]
         if t_start < S or not zero_guard:
             t_noise = scheduler.timesteps[t_start if noise_at == "start" else 0].reshape(1)
@@ -589,6 +597,8 @@ LATENT_MISTAKES = [
     ("ch04.encode_diffuse_decode", make_encode_diffuse_decode(unscale="none"), "missing_scaling"),
     ("ch04.encode_diffuse_decode", make_encode_diffuse_decode(unscale="multiply"), "multiplied"),
     ("ch04.encode_diffuse_decode", make_encode_diffuse_decode(rounding=round), "off_by_one"),
+    # issue 17: t_start = S - n + 1 was diagnosed as a stale grid ("call set_timesteps first") though it was called
+    ("ch04.encode_diffuse_decode", make_encode_diffuse_decode(start_offset=1), "starting at S - n + 1"),
     ("ch04.encode_diffuse_decode", make_encode_diffuse_decode(init_sigma=True), "extra_init_sigma"),
     ("ch04.encode_diffuse_decode", make_encode_diffuse_decode(ddpm_noise=True), "wrong_space"),
     ("ch04.encode_diffuse_decode", make_encode_diffuse_decode(zero_guard=False), "no_steps"),
@@ -619,11 +629,11 @@ def test_latent_library_functions_pass_the_checks():
         z0 = pipe.denoise(tuple(z_T.shape), num_inference_steps, latents=z_T, progress=False)
         return pipe.decode_latents(z0).to(z_T.dtype)  # decode_latents returns float32
 
-    check("ch03.reparameterize", reparameterize)
-    check("ch03.kl_diagonal_gaussian", kl_diagonal_gaussian)
-    check("ch03.scaling_factor", measure_scaling_factor)
-    check("ch04.latent_diffusion_loss", latent_diffusion_loss)
-    check("ch04.sample_latents", sample_latents)
+    library_check("ch03.reparameterize", reparameterize)
+    library_check("ch03.kl_diagonal_gaussian", kl_diagonal_gaussian)
+    library_check("ch03.scaling_factor", measure_scaling_factor)
+    library_check("ch04.latent_diffusion_loss", latent_diffusion_loss)
+    library_check("ch04.sample_latents", sample_latents)
 
 
 def test_latent_checks_accept_equivalent_answers():
@@ -698,3 +708,62 @@ def test_feedback_never_shows_reference_code():
         _, feedback = run_check(exercise_id, fn)
         leaked = [line for line in code_lines if line in feedback]
         assert not leaked, (exercise_id, leaked)
+
+
+# ============================================================================ issue 17: what a newcomer met
+def test_the_check_cell_refuses_the_library_as_the_grader_does():
+    """A predict_x0 that calls sdlearn's predicted_original passed the check cell and scored 0 in the grader. Now
+    both fail, and the check says why. The library, bound in the learner's namespace as the set-up cell binds it,
+    is put back afterwards."""
+    namespace: dict = {}
+    exec("from sdlearn.schedulers.ddpm import predicted_original\n"
+         "def predict_x0(x_t, t, eps_pred, alphas_cumprod):\n"
+         "    ab = alphas_cumprod[t].view(-1, *[1] * (x_t.ndim - 1))\n"
+         "    return predicted_original(eps_pred, x_t, ab, 'epsilon')\n", namespace)
+    from sdlearn.schedulers import ddpm
+    original = ddpm.predicted_original
+    with pytest.raises(CheckFailed, match="scores nothing") as info:
+        check("ch02.predict_x0", namespace["predict_x0"])
+    assert "predicted_original" in str(info.value) and "DDPM eq. 15" in str(info.value)
+    passed, feedback = run_check("ch02.predict_x0", namespace["predict_x0"])
+    assert not passed and "scores nothing" in feedback
+    assert ddpm.predicted_original is original and namespace["predicted_original"] is original
+    library_check("ch02.predict_x0", namespace["predict_x0"])  # the library itself is right
+
+
+def test_not_written_message_fits_the_student_copy():
+    """Student copies show `# YOUR CODE HERE` / `raise NotImplementedError()`, not nbgrader's solution markers."""
+    def stub(*args, **kwargs):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+    _, feedback = run_check("ch02.predict_x0", stub)
+    assert "# YOUR CODE HERE" in feedback and "raise NotImplementedError()" in feedback
+    assert "BEGIN SOLUTION" not in feedback
+
+
+def test_formulas_are_math_not_code():
+    """The 'expected:' line of every failed check prints the exercise's formula: it must be the equation, never the
+    answer's code (ch04's used to be the whole solution: `scheduler.set_timesteps(...)`, `vae.decode(...).sample`)."""
+    import re
+    for exercise_id, ex in EXERCISES.items():
+        code = re.findall(r"[A-Za-z_]\w*\.[A-Za-z_]\w*|\[[^\]]*:[^\]]*\]|\bfor \w+ in\b", ex.formula)
+        assert not code, f"{exercise_id}'s formula reads like code: {code}"
+
+
+def test_failed_check_shows_feedback_not_machinery():
+    """IPython shows CheckFailed through _render_traceback_: the feedback lines, no frames of sdlearn's checks."""
+    def crashes(x_t, t, eps_pred, alphas_cumprod):
+        return x_t[t + 10**6]
+    with pytest.raises(CheckFailed) as info:
+        check("ch02.predict_x0", crashes)
+    shown = "\n".join(info.value._render_traceback_())
+    assert "x_t[t + 10**6]" in shown and "likely mistake" in shown
+    assert "sdlearn/course" not in shown and "File " not in shown
+
+
+def test_ldm_sections_agree_with_the_paper():
+    """Rombach et al. 2022: sec. 3.1 perceptual image compression, sec. 3.2 latent diffusion models (eqs. 1-2: DMs
+    on z, decoded with one pass of D), sec. 3.3 conditioning mechanisms (cross-attention). Sampling latents and
+    decoding them is sec. 3.2; the grader once said 3.3 while the notebook said 3.2."""
+    assert "sec. 3.2" in EXERCISES["ch04.sample_latents"].equation
+    assert "LDM sec. 3.3" not in grading_source()

@@ -307,7 +307,7 @@ REFERENCE_ANSWERS.update(REFERENCE_ANSWERS_LATENT)
 
 
 def latent_notebook(folder: Path, chapter: int) -> Path:
-    """A small notebook of chapter 3 or 4's exercises, in the markup of COURSE.md, holding SOLUTIONS_LATENT."""
+    """A small notebook of chapter 3 or 4's exercises, in the chapters' nbgrader markup, holding SOLUTIONS_LATENT."""
     new = nbformat.v4
     cells = [new.new_markdown_cell(f"# Chapter {chapter} (a test notebook)"),
              new.new_code_cell("import torch\nfrom sdlearn.course.checks import check")]
@@ -473,7 +473,11 @@ def assert_answers_that_call_sdlearn_earn_nothing(pool, tmp_path, path):
             namespace = {"torch": torch, "predicted_original": predicted_original}
             exec(source, namespace)
             fn = namespace[EXERCISES[exercise_id].signature.split("(")[0]]
-            assert run_check(exercise_id, fn)[0], f"{exercise_id}: this reference answer should pass without the guard"
+            from sdlearn.course.checks import CHECKS
+
+            CHECKS[exercise_id](fn)  # right without any guard: only the guard stops it
+            passed, feedback = run_check(exercise_id, fn)  # the check cell agrees with the grader (issue 17)
+            assert not passed and "scores nothing" in feedback, f"{exercise_id}: the check cell passed it: {feedback}"
     result = pool.grade_notebook(with_answers(path, tmp_path / path.name,
                                               {e: REFERENCE_ANSWERS[e][0] for e in ids}))
     for e in result.exercises:

@@ -12,11 +12,11 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from sdlearn.course.notebooks import NotebookError, execute_notebook, release_notebook, strip_solutions
+from sdlearn.course.notebooks import NotebookError, execute_notebook, release, release_notebook, strip_solutions
 
 CHAPTERS = Path(__file__).resolve().parents[2] / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))  # empty until the chapters exist: those tests then skip
-FAST_BUDGET_S = 180  # COURSE.md asks for 2 minutes on a 2-core CPU; the rest is slack for a busy machine
+FAST_BUDGET_S = 180  # the target is 2 minutes on a 2-core CPU with one core busy (README, Time); the rest is slack
 
 by_chapter = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 
@@ -89,9 +89,57 @@ def test_runs_in_fast_mode(path, tmp_path):
         pytest.fail(failure, pytrace=False)
     print(f"{path.name}: {run.seconds:.1f} s in FAST mode")
     assert run.notebook.is_file() and run.html.is_file()
+    assert_every_picture_reached_the_page(run.html)
     assert run.seconds <= FAST_BUDGET_S, (
         f"{path.name} took {run.seconds:.0f} s in FAST mode; the budget is {FAST_BUDGET_S} s on a 2-core CPU "
         "(use the shipped checkpoints and fewer steps when FAST).")
+
+
+def assert_every_picture_reached_the_page(page: Path) -> None:
+    """An object displayed without an HTML-able form shows in the page as its repr: '<IPython.core.display.Image
+    object>' (a GIF displayed without embed=True), '<Figure size ...>' (a figure that never rendered)."""
+    text = page.read_text(encoding="utf-8")
+    placeholders = [m for m in ("&lt;IPython.core.display.", "&lt;Figure size", "&lt;matplotlib.figure.Figure")
+                    if m in text]
+    assert not placeholders, (f"{page.name}: the page shows {placeholders} where a picture should be; display images "
+                              "as data (IPython.display.Image(data=..., embed=True), a PNG, or an HTML <img>).")
+
+
+def with_solutions_back(student: Path, original: Path) -> None:
+    """Put the original's exercise cells into the student copy: what a learner who solved everything has."""
+    nb, ref = nbformat.read(student, as_version=4), nbformat.read(original, as_version=4)
+    assert len(nb.cells) == len(ref.cells), f"{student.name}: the student copy lost or gained cells"
+    for cell, solved in zip(nb.cells, ref.cells):
+        if cell.cell_type == "code" and nbgrader(cell).get("solution"):
+            cell.source = strip_solutions_markers(solved.source)
+    nbformat.write(nb, student)
+
+
+def strip_solutions_markers(source: str) -> str:
+    return "".join(line for line in source.splitlines(keepends=True)
+                   if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
+
+
+@pytest.mark.slow
+def test_released_student_copies_run_clean_from_their_own_folder(tmp_path):
+    """Issue 17: chapter 4's student copy imported a module from chapters/'s neighbour benchmarks/ and crashed in
+    build/student/. Release every chapter into a folder elsewhere (as `make exercises` does), put the solutions
+    back in, and run each copy there: a notebook may depend on sdlearn, never on the files next to it."""
+    if not NOTEBOOKS:
+        pytest.skip("no chapters yet")
+    student_dir = tmp_path / "somewhere" / "student"
+    copies = release([CHAPTERS], student_dir)
+    assert [c.name for c in copies] == [p.name for p in NOTEBOOKS]
+    failures = []
+    for copy_path, original in zip(copies, NOTEBOOKS):
+        with_solutions_back(copy_path, original)
+        try:
+            run = execute_notebook(copy_path, tmp_path / "out", fast=True, timeout=FAST_BUDGET_S)
+        except NotebookError as exc:
+            failures.append(str(exc))
+            continue
+        assert_every_picture_reached_the_page(run.html)
+    assert not failures, "student copies (solutions put back) that fail from their own folder:\n" + "\n".join(failures)
 
 
 # --- release_notebook on a notebook built here ---------------------------------------------------
@@ -201,3 +249,22 @@ def test_execute_notebook_reports_a_cell_timeout(tmp_path):
     nbformat.write(nb, tmp_path / "slow.ipynb")
     with pytest.raises(NotebookError, match=r"slow.ipynb failed at cell 2 of 2: took longer than 1 s"):
         execute_notebook(tmp_path / "slow.ipynb", tmp_path / "out", timeout=1)
+
+
+def test_a_failed_check_shows_the_feedback_not_the_machinery(tmp_path):
+    """Issue 17: a failed check printed a long traceback through sdlearn's checks. In a notebook, the error shows the
+    feedback (the learner's line, the hint), no frames of sdlearn.course."""
+    nb = new_notebook(cells=[
+        new_code_cell("from sdlearn.course.checks import check\n"
+                      "def predict_x0(x_t, t, eps_pred, alphas_cumprod):\n"
+                      "    return x_t / alphas_cumprod[t + 1].sqrt().view(-1, 1, 1, 1)\n"),
+        new_code_cell('check("ch02.predict_x0", predict_x0)'),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "failing.ipynb")
+    with pytest.raises(NotebookError, match="CheckFailed"):
+        execute_notebook(tmp_path / "failing.ipynb", tmp_path / "out", fast=True, timeout=120)
+    executed = nbformat.read(tmp_path / "out" / "failing.ipynb", as_version=4)
+    [error] = [o for o in executed.cells[1].outputs if o.output_type == "error"]
+    shown = "\n".join(error.traceback)
+    assert "alphas_cumprod[t + 1]" in shown and "likely mistake" in shown, shown
+    assert "sdlearn/course" not in shown and "core.py" not in shown, shown

@@ -199,7 +199,7 @@ def test_gradients_reach_every_parameter(tiny_unet):
 
 # ---------------------------------------------------------------------------- bad inputs
 def test_bad_inputs_raise_helpful_errors(tiny_unet):
-    with pytest.raises(ValueError, match=r"expects x_t shaped \(B, 1, H, W\).*unsqueeze"):
+    with pytest.raises(ValueError, match=r"expects x_t shaped \(B, 1, H, W\).*given RGB"):
         tiny_unet(torch.randn(2, 3, 16, 16), 1)
     with pytest.raises(ValueError, match=r"expects x_t shaped"):
         tiny_unet(torch.randn(16, 16), 1)
@@ -233,7 +233,9 @@ def test_save_pretrained_round_trip(tmp_path, tiny_unet):
     assert loaded.config == tiny_unet.config and not loaded.training
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(loaded(x, torch.tensor([3, 900])), tiny_unet(x, torch.tensor([3, 900])))
+        # within float32 rounding: bitwise equality of two models' forward passes depends on the CPU's kernels
+        torch.testing.assert_close(loaded(x, torch.tensor([3, 900])), tiny_unet(x, torch.tensor([3, 900])),
+                                   rtol=1e-5, atol=1e-6)
     assert UNetConfig.from_dict(config) == tiny_unet.config
 
 

@@ -120,7 +120,8 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert index["_class_name"] == "DDPMPipeline" and index["scheduler"][1] == "DDPMScheduler"
     loaded = DDPMPipeline.from_pretrained(tmp_path)
     assert dict(loaded.scheduler.config) == dict(pipe.scheduler.config)
-    assert torch.equal(sample(loaded, 4), sample(pipe, 4))
+    # within float32 rounding (another model object's kernels may round differently); a wrong weight is far off
+    torch.testing.assert_close(sample(loaded, 4), sample(pipe, 4), rtol=1e-5, atol=1e-5)
     assert loaded.device.type == "cpu"
 
 

@@ -269,3 +269,28 @@ def test_figures_are_not_left_open_in_pyplot():
     viz_images.show_images(images(b=2))
     viz.plot_loss([1.0, 0.5])
     assert plt.get_fignums() == before  # returned figures are closed: no leak, no double display in Jupyter
+
+
+def test_show_gif_reaches_the_html_page(tmp_path):
+    """Issue 17: IPython's Image of a GIF showed in nbconvert's HTML page as '<IPython.core.display.Image object>'.
+    show_gif gives HTML (a data URI), which Jupyter and the HTML page both render."""
+    import base64
+
+    import pytest
+    from nbconvert import HTMLExporter
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from sdlearn.viz import show_gif
+
+    path = tmp_path / "a.gif"
+    from PIL import Image as PILImage
+    PILImage.new("L", (4, 4)).save(path, save_all=True, append_images=[PILImage.new("L", (4, 4), 255)])
+    html = show_gif(path)._repr_html_()
+    assert html.startswith('<img src="data:image/gif;base64,')
+    assert base64.b64decode(html.split(",", 1)[1].split('"')[0]) == path.read_bytes()
+    cell = new_code_cell("display(gif)", outputs=[new_output("display_data", data={"text/html": html,
+                                                                                     "text/plain": "<gif>"})])
+    body, _ = HTMLExporter().from_notebook_node(new_notebook(cells=[cell]))
+    assert "data:image/gif;base64," in body
+    with pytest.raises(ValueError, match="not a GIF"):
+        show_gif(tmp_path.joinpath("x.png").write_bytes(b"\x89PNG") and tmp_path / "x.png")

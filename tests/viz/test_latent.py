@@ -14,6 +14,7 @@ from sdlearn.schedulers import DDIMScheduler
 from sdlearn.models.unet_2d import UNet2DModel, UNetConfig
 from sdlearn.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 from sdlearn.viz.diffusion import TrajectoryRecorder
+from sdlearn.evaluation.pixel_vs_latent import markdown_table, unet_config
 
 VAE_CFG = AutoencoderKLConfig.with_factor(4, (8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4,
                                           sample_size=16, scaling_factor=0.5)
@@ -133,10 +134,11 @@ def test_plot_cost_table(cuda, quality):
 
 
 def test_the_benchmarks_markdown_table_reads_the_same_results():
-    """The chapter shows the table with benchmarks/pixel_vs_latent.py's own markdown_table: same JSON as the plot."""
+    """The chapter shows the table with the package's markdown_table, the one the benchmark script writes."""
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "pixel_vs_latent.py"
     spec = importlib.util.spec_from_file_location("pixel_vs_latent", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    table = module.markdown_table(fake_results())
+    assert module.markdown_table is markdown_table and module.unet_config is unet_config
+    table = markdown_table(fake_results())
     assert "| latent f=4 | 4x16x16 |" in table and "8.0x cached" in table

@@ -19,9 +19,16 @@ from typing import Callable
 import torch
 
 from ...utils.files import PACKAGE_DIR
+from .guard import ReferenceUnavailable, learner_running, references_unavailable
+
 
 class CheckFailed(AssertionError):
     """An exercise disagrees with its equation; the message says where and, if it can, why."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the feedback (with the learner's own line when their code
+        # raised), not the frames of the checking machinery, which say nothing about the learner's mistake.
+        return [f"\033[0;31m{line}\033[0m" if i == 0 else line for i, line in enumerate(str(self).splitlines())]
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,9 @@ def check(exercise_id: str, fn) -> None:
     if not callable(fn):
         raise CheckFailed(f"✗ {exercise_id}: pass the function itself (e.g. check({exercise_id!r}, my_function)), "
                           f"not {type(fn).__name__} — no parentheses after its name.")
-    CHECKS[exercise_id](fn)
+    # sdlearn's own answer is unavailable to fn, as in the grader, so both give the same verdict
+    with references_unavailable(exercise_id, namespaces=[getattr(fn, "__globals__", {})]):
+        CHECKS[exercise_id](fn)
     print(f"✓ {exercise_id}: all checks passed")
 
 
@@ -167,15 +176,21 @@ def _exception_hint(e: Exception) -> tuple[str, str] | None:
     return None
 
 
+NOT_WRITTEN = ("✗ {exercise_id}: you have not written this exercise yet: the exercise cell still raises "
+               "NotImplementedError. Replace its lines `# YOUR CODE HERE` and `raise NotImplementedError()` with your "
+               "code, run that cell, then run this check again.")
+
+
 def _call(case: _Case, fn, *args, **kwargs):
     """Call the learner's function; turn 'not written yet' and crashes into feedback."""
     try:
-        return fn(*args, **kwargs)
+        with learner_running():
+            return fn(*args, **kwargs)
     except NotImplementedError:
-        raise CheckFailed(
-            f"✗ {case.exercise_id}: you have not written this exercise yet. Replace `raise NotImplementedError()` "
-            "with your code between ### BEGIN SOLUTION and ### END SOLUTION, run that cell, then run this check again."
-        ) from None
+        raise CheckFailed(NOT_WRITTEN.format(exercise_id=case.exercise_id)) from None
+    except ReferenceUnavailable as e:
+        ex = EXERCISES[case.exercise_id]
+        raise CheckFailed(f"✗ {case.exercise_id} — {ex.equation} ({ex.title})\n  {e}") from None
     except Exception as e:  # noqa: BLE001 - any crash becomes feedback
         hint = (case.hint(e) if case.hint is not None else None) or _exception_hint(e)
         raise case.fail(f"your function raised {type(e).__name__}: {e}{_learner_line(e)}", hint) from None

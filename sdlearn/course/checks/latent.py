@@ -1,7 +1,7 @@
 """Checks for chapter 4: diffusion in a VAE's latent space (Rombach et al. 2022; Meng et al. 2022).
 
 L_simple on latents (LDM eq. 2: DDPM eq. 14 on z_0 = scaling_factor * E(x)), sampling in latent space
-then decoding once (LDM sec. 3.3), and encode-diffuse-decode (SDEdit, Meng et al. 2022, the idea behind
+then decoding once (LDM sec. 3.2), and encode-diffuse-decode (SDEdit, Meng et al. 2022, the idea behind
 img2img). The checks hand the learner's function tiny seeded models: sdlearn's AutoencoderKL (random
 weights), a denoiser whose output has a formula, and sdlearn's deterministic DDIM (eta = 0) and Euler
 schedulers; the reference runs the equation with the same models. No check calls sdlearn's latent pipeline.
@@ -40,24 +40,23 @@ from .core import (
 EXERCISES.update({
     "ch04.latent_diffusion_loss": Exercise(
         4, "L_simple on latents", "LDM eq. 2 (DDPM eq. 14 on z_0)",
-        "z_0 = scaling_factor * vae.encode(x0).latent_dist.mode()  (the posterior's mode, its mean); "
-        "z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps; loss = mean((eps - unet(z_t, t))^2)",
+        "z_0 = s E(x_0), with E(x_0) the mode (the mean) of the encoder's posterior and s the scaling factor; "
+        "z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps; L = mean((eps - eps_theta(z_t, t))^2)",
         "latent_diffusion_loss(unet, vae, x0, t, eps, alphas_cumprod, scaling_factor) -> scalar tensor   "
         "(x0 images (B, C, H, W) in [-1, 1]; t a LongTensor (B,); eps shaped like z_0)", 2),
     "ch04.sample_latents": Exercise(
-        4, "sampling in latent space, then decoding", "LDM sec. 3.3 (DDPM Algorithm 2 on z)",
-        "scheduler.set_timesteps(num_inference_steps); z = z_T * scheduler.init_noise_sigma; for t in "
-        "scheduler.timesteps: z = scheduler.step(unet(scheduler.scale_model_input(z, t), t), t, z).prev_sample; "
-        "images = vae.decode(z / vae.config.scaling_factor).sample, clamped to [-1, 1]",
+        4, "sampling in latent space, then decoding", "LDM sec. 3.2 (DDPM Algorithm 2 on z)",
+        "z_T ~ N(0, I) brought to the scheduler's starting noise level; on the grid of num_inference_steps "
+        "timesteps, one reverse step z_t -> z_(t-1) per timestep, each from the model's noise prediction "
+        "eps_theta at the input the scheduler prepares for it; then x = D(z_0 / s), clamped to [-1, 1]",
         "sample_latents(unet, vae, scheduler, z_T, num_inference_steps) -> images in [-1, 1]   "
         "(z_T (B, c, h, w) drawn from N(0, I))", 3),
     "ch04.encode_diffuse_decode": Exercise(
         4, "encode, diffuse part-way, denoise, decode", "SDEdit (Meng et al. 2022) in LDM's latent space",
-        "z_0 = vae.config.scaling_factor * vae.encode(x0).latent_dist.mode(); scheduler.set_timesteps(S); "
-        "n = min(int(S * strength), S) steps run, the last n of the grid: t_start = S - n, timesteps = "
-        "scheduler.timesteps[t_start:]; z = scheduler.add_noise(z_0, eps, timesteps[:1]) (z = z_0 when n = 0); "
-        "the loop of ch04.sample_latents over those timesteps (no init_noise_sigma: add_noise sets the noise level); "
-        "images = vae.decode(z / vae.config.scaling_factor).sample, clamped to [-1, 1]",
+        "z_0 = s E(x_0) (the posterior's mode); of the S-step grid only the last n = min(floor(S strength), S) "
+        "steps run, from grid position t_start = S - n; z_0 is noised to the level of that first step by the "
+        "scheduler's forward process with the given eps (no noise when n = 0), the reverse steps of exercise 2 "
+        "run from there (the noise level is already right), and x = D(z / s), clamped to [-1, 1]",
         "encode_diffuse_decode(unet, vae, scheduler, x0, strength, eps, num_inference_steps) -> images in [-1, 1]   "
         "(x0 (B, C, H, W) in [-1, 1]; strength in [0, 1]; eps shaped like z_0; S = num_inference_steps)", 3),
 })
@@ -315,7 +314,7 @@ STALE_STEPS = 2  # the scheduler arrives set to this many steps: the function mu
 
 @_register("ch04.sample_latents")
 def _check_sample_latents(fn) -> None:
-    """LDM sec. 3.3: the reverse process of DDPM (Algorithm 2) run on latents from z_T ~ N(0, I), then x = D(z_0 / s)."""
+    """LDM sec. 3.2: the reverse process of DDPM (Algorithm 2) run on latents from z_T ~ N(0, I), then x = D(z_0 / s)."""
     vaes = {dtype: _tiny_vae(dtype, SAMPLING_SCALING) for dtype in (torch.float32, torch.float64)}
     for n, (name, batch, dtype, S) in enumerate(SAMPLING_CASES):
         vae, sf = vaes[dtype], SAMPLING_SCALING
@@ -327,6 +326,7 @@ def _check_sample_latents(fn) -> None:
                      + f", {_scheduler_text(name, S)}, a tiny VAE (scaling_factor = {sf}) and a test model", _image_hint)
         args = (unet, vae, scheduler, z_T.clone(), S)
         got = _call(case, fn, *args)
+        stale = len(scheduler.timesteps) == STALE_STEPS != S  # seen, not guessed: set_timesteps was not called
         _unchanged(case, z_T=(args[3], z_T))
 
         def run(steps=S, init_sigma=True, scale_input=True, divide_by=sf, clamp=True):
@@ -355,7 +355,7 @@ def _check_sample_latents(fn) -> None:
             "no_clamp": ("no_clamp", run(clamp=False),
                          "decoded images can leave [-1, 1] (this check's decoder overshoots on purpose); clamp them to "
                          "the range of the data, as the pipeline does."),
-            "stale_grid": ("ignored_argument", run(steps=STALE_STEPS),
+            "stale_grid": ("ignored_argument", run(steps=STALE_STEPS) if stale else None,
                            f"the loop ran the {STALE_STEPS} steps the scheduler was last set to: call "
                            "scheduler.set_timesteps(num_inference_steps) first."),
         }, what="the image batch")
@@ -392,6 +392,7 @@ def _check_encode_diffuse_decode(fn) -> None:
                        "and a test model", hint)
         args = (unet, vae, scheduler, x0.clone(), strength, eps.clone(), S)
         got = _call(case, fn, *args)
+        stale = len(scheduler.timesteps) == STALE_STEPS != S  # seen, not guessed: set_timesteps was not called
         _unchanged(case, x0=(args[3], x0), eps=(args[5], eps))
         with torch.no_grad():
             mode = vae.encode(x0).latent_dist.mode()
@@ -432,6 +433,9 @@ def _check_encode_diffuse_decode(fn) -> None:
                         "not an edit of x0. Run the last n = int(S * strength) steps only."),
             "all": ("all_timesteps", run(loop_from=0),
                     "the loop runs only the n steps that follow the noise level: for t in scheduler.timesteps[t_start:]."),
+            "start_plus_one": ("off_by_one", run(count=steps_run - 1) if steps_run >= 1 else None,
+                               "the last n steps of the grid start at position t_start = S - n; starting at S - n + 1 "
+                               "runs one step fewer and noises z_0 one step too little."),
             "rounded": ("off_by_one", run(count=min(round(S * strength), S)),
                         "n = int(S * strength) truncates (diffusers' img2img convention); you rounded."),
             "no_scaling": ("missing_scaling", run(encode_scale=1.0, divide_by=1.0),
@@ -452,7 +456,7 @@ def _check_encode_diffuse_decode(fn) -> None:
                            "(z_0 + sigma eps), not DDPM's sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps."),
             "no_clamp": ("no_clamp", run(clamp=False),
                          "decoded images can leave [-1, 1] (this check's decoder overshoots on purpose); clamp them."),
-            "stale_grid": ("ignored_argument", run(steps=STALE_STEPS),
+            "stale_grid": ("ignored_argument", run(steps=STALE_STEPS) if stale else None,
                            f"the scheduler still had the {STALE_STEPS}-step grid it was last set to: call "
                            "scheduler.set_timesteps(num_inference_steps) first."),
         }, what="the image batch")

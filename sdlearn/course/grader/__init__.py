@@ -2,7 +2,8 @@
 
 ``sdlearn grade NOTEBOOK...`` (or :func:`grade_notebooks`) does, for each notebook:
 
-1. **Find the exercises** (COURSE.md, "Exercise markup"). Each check cell calls
+1. **Find the exercises** (nbgrader's markup: ``### BEGIN SOLUTION`` regions in cells whose metadata
+   says ``nbgrader.solution``). Each check cell calls
    ``check("ch02.ddpm_step", ddpm_step)``: that names the exercise and the function. The exercise
    cell is the cell that defines the function (preferably one marked nbgrader ``solution``), so
    extra cells, moved cells and lost metadata do not matter. Points come from
@@ -25,7 +26,7 @@
 
 - the code cells tagged ``setup``, if any cell is;
 - otherwise every code cell above the cell tagged ``parameters``, and that cell itself: the
-  chapter's imports and parameters (COURSE.md, "The shape of a chapter", step 2);
+  chapter's imports and parameters (every chapter opens with them);
 - otherwise the code cells above the first exercise that hold only imports.
 
 Exercise and check cells are never set-up cells. An error in a set-up cell does not stop the

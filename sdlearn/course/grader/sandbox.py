@@ -13,14 +13,12 @@ import re
 import sys
 import traceback
 
+from ..checks.core import NOT_WRITTEN
+from ..checks.guard import ReferenceUnavailable  # one class for the check cell and the grader
 from .notebook import _defined_names, _to_python
 from .references import BLOCKED_PACKAGES
 
 _STUDENT = "<sdlearn-grade "  # file names given to the notebook's code, so a guard can tell it from sdlearn's
-
-
-class ReferenceUnavailable(RuntimeError):
-    """Raised when a student's code calls sdlearn's own implementation of the exercise during grading."""
 
 
 _BLOCKED_CALLS: list[str] = []  # references the student's code tried to call (this process only)
@@ -220,8 +218,7 @@ def run_job(job: dict) -> dict:
     except Exception:  # noqa: BLE001 - usually a NameError: the function is not there
         defined = sorted(n for n in _defined_names(source) if callable(namespace.get(n)) and not n.startswith("_"))
         if any(e.startswith("NotImplementedError") for e in errors):
-            feedback = (f"✗ {exercise_id}: you have not written this exercise yet (the cell raises "
-                        "NotImplementedError); replace `raise NotImplementedError()` with your code.")
+            feedback = NOT_WRITTEN.format(exercise_id=exercise_id)
         else:
             feedback = (f"✗ {exercise_id}: the check calls `{fn_source}`, but your exercise cell does not define it"
                         + (f" (it defines: {', '.join(defined)})" if defined else "")
