@@ -50,6 +50,9 @@ class StableDiffusionPipeline(DiffusionPipeline):
         self.unet, self.scheduler = unet, scheduler
         self.safety_checker, self.feature_extractor = safety_checker, feature_extractor
         self.requires_safety_checker = requires_safety_checker
+        if safety_checker is not None and feature_extractor is None:
+            raise ValueError("the safety checker needs its feature_extractor (a CLIPImageProcessor) to prepare the "
+                             "images for its CLIP: pass both, or neither.")
         if text_encoder is not None and text_encoder.config.hidden_size != unet.config.cross_attention_dim:
             raise ValueError(f"the text encoder's tokens are {text_encoder.config.hidden_size} wide but the UNet's "
                              f"cross-attention expects {unet.config.cross_attention_dim} (cross_attention_dim): use "
