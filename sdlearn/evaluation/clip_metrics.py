@@ -136,6 +136,7 @@ def write_clip_card(folder: str, name: str, report: dict, machine: str) -> str:
 
     recipe = get_recipe(name)
     training = json.load(open(os.path.join(folder, "training.json")))
+    num_train = len(load_shapes("train", compositions=recipe.compositions))  # counted, not quoted
     cfg = training["train_config"]
     plain_path = os.path.join(os.path.dirname(os.path.normpath(folder)), "shapes-clip-plain", "quality.json")
     compare = ""
@@ -156,7 +157,8 @@ tokens with `<|endoftext|>` (`sdlearn.data.text.tokenize`).
 
 ## Data
 - Training: `load_shapes("train", compositions="seen")`: the 20,000 training images (seed 0) less every image in which
-  an object is a held-out pair (purple circle, yellow triangle, green square): 14,115 images; no training caption names one.
+  an object is a held-out pair (purple circle, yellow triangle, green square): {num_train:,} images; no training caption
+  names one, nor does any hard negative.
 - Tokenizer: byte-level BPE (vocab.json, merges.txt) with merges learned from those captions
   (`sdlearn.data.text.build_tokenizer_files`); every byte and its end-of-word form is in the vocabulary, so any
   word tokenizes.
