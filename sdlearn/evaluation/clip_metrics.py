@@ -146,10 +146,11 @@ def write_clip_card(folder: str, name: str, report: dict, machine: str) -> str:
                    "(`python -m sdlearn train shapes-clip-plain`; shipped beside this one):\n\n| measure | value |\n"
                    f"|---|---|\n{_figures(plain)}")
     text = f"""# {name}
-A small CLIP (`transformers.CLIPModel`, {recipe.text['num_hidden_layers']}-layer text transformer and
-{recipe.vision['num_hidden_layers']}-layer ViT of width {recipe.text['hidden_size']}, {recipe.vision['patch_size']}x{recipe.vision['patch_size']}
-patches of 64x64 images, {recipe.projection_dim}-dimensional joint space) trained here with the symmetric contrastive
-loss of Radford et al. 2021 (Figure 3){" and the hard negatives of Yuksekgonul et al. 2023 (relation flipped, colours swapped, appended to each batch's captions)" if recipe.loss.hard_negatives else ", without hard negatives"}.
+A small CLIP (`transformers.CLIPModel`): a {recipe.text['num_hidden_layers']}-layer text transformer and a
+{recipe.vision['num_hidden_layers']}-layer ViT, both of width {recipe.text['hidden_size']}, on 64x64 images cut into
+{recipe.vision['patch_size']}x{recipe.vision['patch_size']} patches, with a {recipe.projection_dim}-dimensional joint
+space. Trained here with the symmetric contrastive loss of Radford et al. 2021 (Figure 3),
+{"with the hard negatives of Yuksekgonul et al. 2023 (each two-object caption with its relation flipped and with its colours swapped, appended to the batch's captions)" if recipe.loss.hard_negatives else "without hard negatives (the 'before' of the bag-of-words finding)"}.
 Load it with `transformers.CLIPModel.from_pretrained(folder)` and `transformers.CLIPTokenizer.from_pretrained(folder)`
 (or `sdlearn.evaluation.clip_metrics.load_clip("{name}")`). Images go in as (N, 3, 64, 64) in [-1, 1]
 (`CLIPImageProcessor` in this folder maps 0..255 RGB there); prompts are padded to {recipe.text['max_position_embeddings']}
@@ -172,7 +173,7 @@ python -m sdlearn evaluate {name} --threads 1 --machine "{machine}"
 ```
 - Steps: {training['step']:,} of batch {cfg['batch_size']}; {training['train_seconds'] / 60:.0f} minutes of wall-clock
   training on {machine}, one thread. Seed {cfg['seed']} (weights, data order).
-- Settings: {cfg}; loss: {training.get('loss')}.
+- Settings: {cfg}; loss: {training.get('loss')} (`condition_dropout` belongs to the diffusion loss and is unused here).
 - Shipped: the EMA weights in float32 (safetensors).
 
 ## Measured quality (test split, {report['num_images']:,} images; `python -m sdlearn evaluate {name}`)
