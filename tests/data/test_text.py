@@ -99,3 +99,17 @@ def test_shipped_tokenizer_files_come_from_the_training_captions(tmp_path):
     with open(f"{folder}/merges.txt") as f:
         assert f.readline().startswith("#version")
     assert json.load(open(f"{folder}/tokenizer_config.json"))["pad_token"] == EOS
+
+
+@pytest.mark.slow
+def test_shipped_merges_are_learned_from_the_seen_training_captions(tmp_path):
+    """Rebuilding the tokenizer from load_shapes("train", compositions="seen") gives the shipped files exactly."""
+    from sdlearn.utils.files import resolve_pretrained
+
+    try:
+        folder = resolve_pretrained("shapes-clip")
+    except FileNotFoundError:
+        pytest.skip("shapes-clip is not shipped yet")
+    build_tokenizer_files(tmp_path, load_shapes("train", compositions="seen").captions)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        assert (tmp_path / name).read_text() == open(f"{folder}/{name}").read(), name
