@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
     print(f"trained {recipe.name} to step {result.step} in {time.time() - started:.0f} s this session on {device}; "
           f"checkpoints in {run_dir}")
     if args.export:
-        export_model(recipe.name, result.ema_model, args.export)
+        export_model(recipe.name, result.ema_model, args.export, run_dir=run_dir)
         print(f"EMA weights written to {args.export}")
     return 0
 
@@ -223,8 +223,9 @@ def cmd_evaluate(args) -> int:
                      f"{report['num_inference_steps']} steps")
         else:
             title = f"{name}: 64 of {args.num_samples} samples"
-        show_images(images, nrow=16 if picture == "reconstructions.png" else 8, title=title).savefig(
-            os.path.join(folder, picture), dpi=80)
+        if picture is not None:  # shapes-clip has figures only
+            show_images(images, nrow=16 if picture == "reconstructions.png" else 8, title=title).savefig(
+                os.path.join(folder, picture), dpi=80)
         card = write_card(folder, name, report, args.machine)
         if card:
             print(f"model card: {card}")
@@ -389,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("evaluate", help="measure a shipped model against its quality bar (mnist-ddpm: 256 samples, "
                                         "1000 steps; mnist-vae / shapes-vae: held-out reconstructions; shapes-ldm; "
-                                        "mnist-cond: 100 per digit at guidance 3 and a guidance sweep)")
+                                        "mnist-cond: 100 per digit at guidance 3 and a guidance sweep; "
+                                        "shapes-clip: retrieval and word order on the test split)")
     p.add_argument("name", nargs="?", default="mnist-ddpm", help="shipped model name or pipeline folder")
     p.add_argument("--num-samples", type=int, default=256)
     p.add_argument("--steps", type=int, default=1000, help="DDPM inference steps")

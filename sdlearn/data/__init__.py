@@ -6,7 +6,9 @@
 """
 
 from .digits import Digits, load_digits, load_idx_folder, to_model_range, to_unit_range
-from .shapes import Shapes, ShapeSpec, caption, load_shapes, make_shapes, parse_caption
+from .shapes import (HELD_OUT_PAIRS, Shapes, ShapeSpec, caption, flip_relation, has_held_out_pair, load_shapes,
+                     make_shapes, parse_caption, swap_colours)
 
-__all__ = ["Digits", "ShapeSpec", "Shapes", "caption", "load_digits", "load_idx_folder", "load_shapes", "make_shapes",
-           "parse_caption", "to_model_range", "to_unit_range"]
+__all__ = ["HELD_OUT_PAIRS", "Digits", "ShapeSpec", "Shapes", "caption", "flip_relation", "has_held_out_pair",
+           "load_digits", "load_idx_folder", "load_shapes", "make_shapes", "parse_caption", "swap_colours",
+           "to_model_range", "to_unit_range"]

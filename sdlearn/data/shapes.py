@@ -8,6 +8,13 @@ points inside the shape: anti-aliased edges) and composited with Porter and Duff
 Image i comes from np.random.default_rng([seed, i]), so it is the same on every machine and for any
 number of images. Captions follow a small grammar (see ``caption``) that ``parse_caption`` reads back.
 
+Held-out compositions (issue 14, fixed so that results can be compared): the text-conditioned models (shapes-clip,
+shapes-t2i) never see the colour-shape pairs in ``HELD_OUT_PAIRS`` (purple circle, yellow triangle, green square,
+as one object) in training: they train on ``load_shapes("train", compositions="seen")``, which leaves out every
+image that contains one, and are tested on them with ``load_shapes("test", compositions="held_out")``. The
+default ``compositions="all"`` is every image of the split (what shapes-vae and shapes-ldm were trained on).
+``flip_relation`` and ``swap_colours`` make the hard negative captions of Yuksekgonul et al. (2023).
+
 The checker that reads such images back (``read_shapes``, ``matches``, ``shapes_report``) is in
 ``sdlearn.evaluation.shapes_checker``.
 """
@@ -48,6 +55,9 @@ MIN_SIZE = 16
 SPLIT_SEEDS = {"train": 0, "test": 1}
 SPLIT_SIZES = {"train": 20_000, "test": 1_000}
 MAX_TRIES = 100  # position draws per shape before it is left out
+# (colour, shape) pairs never shown to the text-conditioned models in training: the test of composition
+HELD_OUT_PAIRS = (("purple", "circle"), ("yellow", "triangle"), ("green", "square"))
+COMPOSITIONS = ("all", "seen", "held_out")
 
 def _gap_px(size: int) -> int:
     """Empty pixels kept between shapes, and between a shape and the border."""
@@ -227,6 +237,46 @@ def parse_caption(text: str) -> list[dict]:
     return objects
 
 
+def has_held_out_pair(specs: list[ShapeSpec] | list[dict]) -> bool:
+    """Whether any one object is a held-out (colour, shape) pair (``HELD_OUT_PAIRS``); takes specs or parsed captions."""
+    return any((_get(s, "colour"), _get(s, "shape")) in HELD_OUT_PAIRS for s in specs)
+
+
+def _compose(objects: list[dict], relation_text: str | None = None) -> str:
+    """A caption from parsed objects (the grammar of ``caption``), with the given relation for two objects."""
+    phrases = [_ARTICLE_PHRASE.format(**{k: o[k] for k in ("size", "colour", "shape")}) for o in objects]
+    if len(objects) == 1:
+        return phrases[0]
+    if len(objects) == 2:
+        return f"{phrases[0]} {relation_text} {phrases[1]}"
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of",
+            "to the right of": "to the left of"}
+
+
+def flip_relation(text: str) -> str | None:
+    """The same two-object caption with its relation replaced by the opposite one ("above" <-> "below",
+    "to the left of" <-> "to the right of"): false for the image, and made of the same words but one.
+    None for captions without a relation (one object, or three and more)."""
+    objects = parse_caption(text)
+    if len(objects) != 2:
+        return None
+    return _compose(objects, OPPOSITE[objects[0]["relation"]])
+
+
+def swap_colours(text: str) -> str | None:
+    """The caption with the colours of its first two objects exchanged ("a red circle above a blue square" ->
+    "a blue circle above a red square"): the same bag of words, bound the other way. None when there is one
+    object or the two colours are the same (the swap would change nothing)."""
+    objects = parse_caption(text)
+    if len(objects) < 2 or objects[0]["colour"] == objects[1]["colour"]:
+        return None
+    objects[0]["colour"], objects[1]["colour"] = objects[1]["colour"], objects[0]["colour"]
+    return _compose(objects, objects[0].get("relation"))
+
+
 # ---------------------------------------------------------------------------- the data set
 @dataclass
 class Shapes(torch.utils.data.Dataset):
@@ -235,6 +285,7 @@ class Shapes(torch.utils.data.Dataset):
     images: torch.Tensor
     captions: list[str]
     specs: list[list[ShapeSpec]]
+    indices: list[int] | None = None  # which images of the split these are (None: all, in order)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -268,11 +319,24 @@ def make_shapes(num_images: int, size: int = 64, seed: int = 0, min_shapes: int 
     return Shapes(torch.from_numpy(images), captions, all_specs)
 
 
-def load_shapes(split: str = "train", num_images: int | None = None, size: int = 64) -> Shapes:
+def load_shapes(split: str = "train", num_images: int | None = None, size: int = 64,
+                compositions: str = "all") -> Shapes:
     """The fixed shapes splits: "train" (seed 0, 20,000 images) and "test" (seed 1, 1,000 held-out
-    images). ``num_images`` takes the first images of the split (image i is the same for any count)."""
+    images). ``num_images`` takes the first images of the split (image i is the same for any count).
+
+    ``compositions`` chooses among those images by the held-out colour-shape pairs (``HELD_OUT_PAIRS``):
+    "all" keeps every image (the default; shapes-vae and shapes-ldm trained on this), "seen" drops the images
+    in which any object is a held-out pair (the training set of the text-conditioned models: their captions
+    never contain one), "held_out" keeps only those images (captions to test composition with). The filter
+    applies after ``num_images``; ``Shapes.indices`` says which images of the split were kept.
+    """
     if split not in SPLIT_SEEDS:
         raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}.")
-    return make_shapes(SPLIT_SIZES[split] if num_images is None else num_images, size=size, seed=SPLIT_SEEDS[split])
-
-
+    if compositions not in COMPOSITIONS:
+        raise ValueError(f"compositions must be one of {COMPOSITIONS}, got {compositions!r}: 'all' for every image, "
+                         "'seen' for training without the held-out pairs, 'held_out' for only the images with one.")
+    data = make_shapes(SPLIT_SIZES[split] if num_images is None else num_images, size=size, seed=SPLIT_SEEDS[split])
+    if compositions == "all":
+        return data
+    keep = [i for i, specs in enumerate(data.specs) if has_held_out_pair(specs) == (compositions == "held_out")]
+    return Shapes(data.images[keep], [data.captions[i] for i in keep], [data.specs[i] for i in keep], keep)

@@ -30,7 +30,7 @@ import torch
 
 from ..data.digits import load_digits
 from ..pipelines import DDPMPipeline
-from ..training.recipes import LatentRecipe, VAERecipe, get_recipe
+from ..training.recipes import ClipRecipe, LatentRecipe, VAERecipe, get_recipe
 from .classifier import DigitClassifier, classify, digit_report
 from .frechet import frechet_distance
 
@@ -255,6 +255,10 @@ def evaluate(name_or_folder: str, num_samples: int = 256, num_inference_steps: i
     """
     name = os.path.basename(os.path.normpath(os.fspath(name_or_folder)))
     recipe = get_recipe(name)
+    if isinstance(recipe, ClipRecipe):  # retrieval and word order on the test split (clip_metrics.py); no picture
+        from .clip_metrics import evaluate_clip
+
+        return evaluate_clip(name_or_folder), None, None
     if isinstance(recipe, VAERecipe):
         report, images, rec = evaluate_vae(name_or_folder)
         pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over the set (the digits are sorted by class)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..training.recipes import LatentRecipe, VAERecipe, get_recipe
+from ..training.recipes import ClipRecipe, LatentRecipe, VAERecipe, get_recipe
 
 
 def write_model_card(folder: str, name: str, quality: dict, training: dict, machine: str) -> str:
@@ -228,6 +228,10 @@ digit-like (more requested, less varied: the Frechet distance to real digits say
 def write_card(folder: str, name: str, report: dict, machine: str) -> str | None:
     """The model card of any shipped model, by its recipe's kind (a pixel DDPM's card needs its training.json)."""
     recipe = get_recipe(name)
+    if isinstance(recipe, ClipRecipe):
+        from .clip_metrics import write_clip_card
+
+        return write_clip_card(folder, name, report, machine)
     if isinstance(recipe, VAERecipe):
         return write_vae_card(folder, name, report, machine)
     if isinstance(recipe, LatentRecipe) and recipe.class_conditional:

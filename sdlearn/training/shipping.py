@@ -8,7 +8,11 @@
   the training images (1 / std of their latents, ``sdlearn.models.autoencoder_kl.measure_scaling_factor``) and stored in its config;
 - a latent DDPM (``LatentRecipe``): the UNet on z_0 = scaling_factor * E(x) of the training images, encoded
   once with the shipped VAE (the posterior's mode) and cached in the run folder; exported as a
-  LatentDiffusionPipeline folder that includes the VAE.
+  LatentDiffusionPipeline folder that includes the VAE;
+- a CLIP (``ClipRecipe``): a tokenizer is built from the training captions (byte-pair merges learned from them,
+  ``sdlearn.data.text``) into ``run_dir/tokenizer``; the CLIPModel learns from (image, token ids) pairs with
+  ``ContrastiveLoss`` (with hard negatives: ids (N, 3, L) = caption, relation flipped, colours swapped); exported in
+  float32 as transformers' save_pretrained folder with the tokenizer files beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import torch
 
 from .checkpoint import load_training_checkpoint
-from .recipes import LatentRecipe, Recipe, VAERecipe, get_recipe, training_images, training_labels
+from .recipes import ClipRecipe, LatentRecipe, Recipe, VAERecipe, get_recipe, training_images, training_labels
 from ..schedulers import DDPMScheduler
 from .loop import TrainConfig, TrainResult, train
 from ..models.unet_2d import UNet2DModel
@@ -50,7 +54,60 @@ def latent_training_set(recipe: LatentRecipe, run_dir: str | None, progress: boo
     return latents
 
 
-def build_model(recipe) -> torch.nn.Module:
+def clip_tokenizer(recipe: ClipRecipe, run_dir: str | None, captions: list[str] | None = None):
+    """The recipe's tokenizer: merges learned from its training captions, files written to run_dir/tokenizer
+    (or a temporary folder), loaded as ``transformers.CLIPTokenizer``."""
+    import tempfile
+
+    from ..data.text import build_tokenizer_files, load_tokenizer
+
+    folder = os.path.join(run_dir, "tokenizer") if run_dir else tempfile.mkdtemp(prefix="sdlearn-tokenizer-")
+    if not os.path.isfile(os.path.join(folder, "vocab.json")):
+        if captions is None:
+            from ..data import load_shapes
+
+            captions = load_shapes("train", compositions=recipe.compositions).captions
+        build_tokenizer_files(folder, captions, model_max_length=recipe.text["max_position_embeddings"])
+    return load_tokenizer(folder)
+
+
+def clip_conditions(tokenizer, captions: list[str], hard_negatives: bool = False, compositions: str = "seen"):
+    """Token ids of the captions, (N, L); with ``hard_negatives`` (N, 3, L): [caption, relation flipped, colours
+    swapped], a row of NO_NEGATIVE where a caption has no such negative, or (for ``compositions="seen"``) where the
+    negative would name a held-out colour-shape pair: training text never contains one."""
+    from ..data.shapes import flip_relation, has_held_out_pair, parse_caption, swap_colours
+    from ..data.text import tokenize
+    from .contrastive import NO_NEGATIVE
+
+    ids = tokenize(tokenizer, captions)  # (N, L)
+    if not hard_negatives:
+        return ids
+    out = torch.full((len(captions), 3, ids.shape[1]), NO_NEGATIVE, dtype=ids.dtype)  # (N, 3, L)
+    out[:, 0] = ids
+    for k, make in ((1, flip_relation), (2, swap_colours)):
+        negatives = [make(c) for c in captions]
+        rows = [i for i, n in enumerate(negatives)
+                if n is not None and not (compositions == "seen" and has_held_out_pair(parse_caption(n)))]
+        if rows:
+            out[rows, k] = tokenize(tokenizer, [negatives[i] for i in rows])
+    return out
+
+
+def build_clip(recipe: ClipRecipe, tokenizer) -> torch.nn.Module:
+    """A transformers CLIPModel of the recipe's size, its text vocabulary and special ids from the tokenizer (the
+    pooled text output is read at the first <|endoftext|>, which is why eos_token_id must be right)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), **special, **recipe.text),
+                        vision_config=dict(recipe.vision), projection_dim=recipe.projection_dim)
+    return CLIPModel(config)
+
+
+def build_model(recipe, tokenizer=None) -> torch.nn.Module:
+    if isinstance(recipe, ClipRecipe):
+        return build_clip(recipe, tokenizer)
     if isinstance(recipe, VAERecipe):
         return AutoencoderKL(recipe.vae)
     return UNet2DModel(recipe.unet)
@@ -62,6 +119,8 @@ def train_recipe(name: str, run_dir: str | None = None, config: TrainConfig | No
     recipe = get_recipe(name)
     config = config or recipe.train
     device = device or torch.device("cpu")
+    if isinstance(recipe, ClipRecipe):
+        return _train_clip(recipe, run_dir, config, device, progress)
     torch.manual_seed(config.seed)  # weight initialisation
     model = build_model(recipe).to(device)
     if isinstance(recipe, VAERecipe):
@@ -76,11 +135,43 @@ def train_recipe(name: str, run_dir: str | None = None, config: TrainConfig | No
     return train(model, scheduler, training_images(recipe.data), config, run_dir=run_dir, progress=progress)
 
 
-def export_model(name: str, model: torch.nn.Module, out: str, dtype: torch.dtype = torch.float16):
+def _train_clip(recipe: ClipRecipe, run_dir, config: TrainConfig, device, progress: bool) -> TrainResult:
+    from ..data import load_shapes
+
+    data = load_shapes("train", compositions=recipe.compositions)
+    tokenizer = clip_tokenizer(recipe, run_dir, data.captions)
+    conditions = clip_conditions(tokenizer, data.captions, recipe.loss.hard_negatives, recipe.compositions)
+    torch.manual_seed(config.seed)  # weight initialisation
+    model = build_clip(recipe, tokenizer).to(device)
+    return train(model, None, data.images, config, run_dir=run_dir, progress=progress, loss_fn=recipe.loss,
+                 conditions=conditions)
+
+
+def export_clip(recipe: ClipRecipe, model: torch.nn.Module, out: str, run_dir: str | None = None):
+    """CLIPModel.save_pretrained (float32 safetensors), the tokenizer files, and an image processor config that maps
+    0..255 RGB to the [-1, 1] the model was trained on (64x64, no resize or crop)."""
+    import shutil
+
+    from transformers import CLIPImageProcessor
+
+    tokenizer = clip_tokenizer(recipe, run_dir)
+    model.cpu().float().save_pretrained(out)
+    for file in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(os.path.join(tokenizer.name_or_path, file), os.path.join(out, file))
+    CLIPImageProcessor(do_resize=False, do_center_crop=False, size={"shortest_edge": 64}, crop_size=64,
+                       do_rescale=True, rescale_factor=1 / 255,
+                       do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out)
+    return model
+
+
+def export_model(name: str, model: torch.nn.Module, out: str, dtype: torch.dtype = torch.float16,
+                 run_dir: str | None = None):
     """Write trained weights as the shipped folder of the named recipe (the object written is returned)."""
     from ..pipelines import DDPMPipeline, LatentDiffusionPipeline
 
     recipe = get_recipe(name)
+    if isinstance(recipe, ClipRecipe):
+        return export_clip(recipe, model, out, run_dir)
     model = model.cpu().to(dtype).float()  # the stored precision, so what is measured is what ships
     if isinstance(recipe, VAERecipe):
         latents = encode_dataset(model, training_images(recipe.data))
@@ -108,9 +199,12 @@ def export_run(name: str, run_dir: str, out: str, dtype: torch.dtype = torch.flo
     if found is None:
         raise FileNotFoundError(f"{run_dir!r} holds no checkpoint; train first: python -m sdlearn train {name}")
     tensors, state = found
-    model = build_model(get_recipe(name))
+    recipe = get_recipe(name)
+    if isinstance(recipe, ClipRecipe):
+        dtype = torch.float32  # 1.5 MB; transformers would load float16 weights as float16
+    model = build_model(recipe, clip_tokenizer(recipe, run_dir) if isinstance(recipe, ClipRecipe) else None)
     model.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-    export_model(name, model, out, dtype)
+    export_model(name, model, out, dtype, run_dir=run_dir)
     info = {"step": state["step"], "train_config": state["config"], "loss": state.get("loss"),
             "train_seconds": round(state.get("train_seconds", 0.0), 1), "dtype": str(dtype).replace("torch.", "")}
     with open(os.path.join(out, "training.json"), "w") as f:
@@ -118,5 +212,5 @@ def export_run(name: str, run_dir: str, out: str, dtype: torch.dtype = torch.flo
     return info
 
 
-__all__ = ["Recipe", "VAERecipe", "LatentRecipe", "train_recipe", "export_run", "export_model",
+__all__ = ["Recipe", "VAERecipe", "LatentRecipe", "ClipRecipe", "build_clip", "clip_conditions", "clip_tokenizer", "train_recipe", "export_run", "export_model",
            "latent_training_set"]
