@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .loop import TrainConfig
 from ..models.unet_2d import UNetConfig
+from ..models.unet_2d_condition import UNet2DConditionConfig
 from ..models.autoencoder_kl import AutoencoderKLConfig
 from .losses import VAELoss
 from .contrastive import ContrastiveLoss
@@ -198,6 +199,51 @@ RECIPES.update({
     # shipped: with NegCLIP's hard negatives (relation flipped, colours swapped) in every batch
     "shapes-clip": ClipRecipe(name="shapes-clip", text=_CLIP_TEXT, vision=_CLIP_VISION, projection_dim=64,
                               loss=ContrastiveLoss(hard_negatives=True), train=_CLIP_TRAIN),
+})
+
+
+@dataclass(frozen=True)
+class TextToImageRecipe:
+    """Latent diffusion conditioned on text, Stable Diffusion's way: a UNet2DConditionModel on a shipped VAE's latents,
+    cross-attending to a shipped CLIP's frozen text tower (its last hidden states), captions dropped to the empty
+    prompt's encoding for classifier-free guidance. Exported as a StableDiffusionPipeline folder."""
+
+    name: str
+    vae: str  # the shipped autoencoder whose latents the UNet learns
+    text_encoder: str  # the shipped CLIP whose text tower (and tokenizer) encodes the captions, frozen
+    unet: UNet2DConditionConfig
+    scheduler: dict  # the training DDPMScheduler
+    sampling_scheduler: tuple[str, dict]  # the folder's scheduler: the card's figures at default call arguments
+    train: TrainConfig
+    data: str = "shapes"
+    compositions: str = "seen"  # the held-out colour-shape pairs never appear in training captions
+    notes: str = ""
+    fast_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, batch_size=32, warmup_steps=5))
+
+
+RECIPES.update({
+    "shapes-t2i": TextToImageRecipe(
+        name="shapes-t2i",
+        vae="shapes-vae",
+        text_encoder="shapes-clip",
+        # shapes-ldm's widths on the 4x16x16 latents; cross-attention (4 heads) at 8x8, 4x4 and in the middle, where
+        # it is cheap on a CPU; the tokens are shapes-clip's 64-wide hidden states (32 per caption). 0.6 s per step of
+        # batch 64 on 2 threads (probe); planned over several sessions (the run resumes from its checkpoints).
+        unet=UNet2DConditionConfig(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 128),
+                                   layers_per_block=1,
+                                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                   cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8),
+        scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                       prediction_type="epsilon", variance_type="fixed_small", clip_sample=False),
+        sampling_scheduler=("DDIMScheduler", dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                                  beta_end=0.02, prediction_type="epsilon", clip_sample=False,
+                                                  set_alpha_to_one=False, steps_offset=1,
+                                                  timestep_spacing="leading")),
+        train=TrainConfig(steps=12000, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
+                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, loss_weighting="min_snr",
+                          min_snr_gamma=5.0, seed=0, checkpoint_every=250, condition_dropout=0.1),
+    ),
 })
 
 

@@ -23,10 +23,12 @@ import os
 import torch
 
 from .checkpoint import load_training_checkpoint
-from .recipes import ClipRecipe, LatentRecipe, Recipe, VAERecipe, get_recipe, training_images, training_labels
+from .recipes import (ClipRecipe, LatentRecipe, Recipe, TextToImageRecipe, VAERecipe, get_recipe, training_images,
+                      training_labels)
 from ..schedulers import DDPMScheduler
 from .loop import TrainConfig, TrainResult, train
 from ..models.unet_2d import UNet2DModel
+from ..models.unet_2d_condition import UNet2DConditionModel
 from ..models.autoencoder_kl import AutoencoderKL, encode_dataset, measure_scaling_factor
 
 
@@ -110,6 +112,8 @@ def build_model(recipe, tokenizer=None) -> torch.nn.Module:
         return build_clip(recipe, tokenizer)
     if isinstance(recipe, VAERecipe):
         return AutoencoderKL(recipe.vae)
+    if isinstance(recipe, TextToImageRecipe):
+        return UNet2DConditionModel(recipe.unet)
     return UNet2DModel(recipe.unet)
 
 
@@ -127,6 +131,12 @@ def train_recipe(name: str, run_dir: str | None = None, config: TrainConfig | No
         return train(model, None, training_images(recipe.data), config, run_dir=run_dir, progress=progress,
                      loss_fn=recipe.loss)
     scheduler = DDPMScheduler(**recipe.scheduler)
+    if isinstance(recipe, TextToImageRecipe):
+        from .text_to_image import text_to_image_training_set
+
+        latents, embeddings, null = text_to_image_training_set(recipe, run_dir, progress)
+        return train(model, scheduler, latents, config, run_dir=run_dir, progress=progress, data_range=None,
+                     conditions=embeddings, null_condition=null)
     if isinstance(recipe, LatentRecipe):
         latents = latent_training_set(recipe, run_dir, progress, device)
         labels = training_labels(recipe.data) if recipe.class_conditional else None
@@ -173,6 +183,10 @@ def export_model(name: str, model: torch.nn.Module, out: str, dtype: torch.dtype
     if isinstance(recipe, ClipRecipe):
         return export_clip(recipe, model, out, run_dir)
     model = model.cpu().to(dtype).float()  # the stored precision, so what is measured is what ships
+    if isinstance(recipe, TextToImageRecipe):
+        from .text_to_image import export_text_to_image
+
+        return export_text_to_image(recipe, model, out, dtype)
     if isinstance(recipe, VAERecipe):
         latents = encode_dataset(model, training_images(recipe.data))
         model.config = type(model.config)(**{**model.config.to_dict(),
