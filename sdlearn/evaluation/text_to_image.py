@@ -154,6 +154,15 @@ def clip_scores(clip, images: torch.Tensor, captions: list[str]) -> torch.Tensor
     return (image_embeddings(model, images) * text_embeddings(model, tokenizer, captions)).sum(-1)
 
 
+def is_text_to_image(recipe) -> bool:
+    """Is this a ``TextToImageRecipe`` (shapes-t2i)? Looked up by name so that this module imports before that
+    recipe class exists (it was written at the same time, on another branch)."""
+    from ..training import recipes
+
+    cls = getattr(recipes, "TextToImageRecipe", None)
+    return cls is not None and isinstance(recipe, cls)
+
+
 def _load(pipeline_or_folder):
     if isinstance(pipeline_or_folder, (str, bytes)) or hasattr(pipeline_or_folder, "__fspath__"):
         from ..pipelines import StableDiffusionPipeline

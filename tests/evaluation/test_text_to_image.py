@@ -109,3 +109,50 @@ def test_clip_scores_of_drawn_captions_come_near_the_real_images():
 def test_a_non_pipeline_is_refused_with_what_to_give():
     with pytest.raises(TypeError, match="StableDiffusionPipeline or its folder"):
         evaluate_t2i(42, num_samples=3, clip_model=None)
+
+
+@pytest.fixture
+def t2i_recipe(monkeypatch):
+    """A stand-in TextToImageRecipe named "shapes-t2i", whether or not the real recipe class exists yet."""
+    from dataclasses import dataclass, field
+
+    import importlib
+
+    from sdlearn.evaluation import model_cards
+    from sdlearn.training import recipes
+
+    @dataclass(frozen=True)
+    class TextToImageRecipe:
+        name: str = "shapes-t2i"
+        vae: str = "shapes-vae"
+        text_encoder: str = "shapes-clip"
+        unet: object = field(default_factory=lambda: SimpleNamespace(
+            block_out_channels=(32, 64, 128), down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",),
+            layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8, in_channels=4,
+            sample_size=16))
+        scheduler: tuple = ("linear",)
+        sampling_scheduler: tuple = ("DDIMScheduler", {"steps_offset": 1})
+        compositions: str = "seen"
+        notes: str = ""
+
+    recipe = TextToImageRecipe()
+    monkeypatch.setattr(recipes, "TextToImageRecipe", TextToImageRecipe, raising=False)
+    for module in (importlib.import_module("sdlearn.evaluation.evaluate"), model_cards):  # the module, not the function
+        monkeypatch.setattr(module, "get_recipe", lambda name: recipe)
+    return recipe
+
+
+def test_evaluate_routes_a_text_to_image_recipe_and_write_card_writes_its_card(t2i_recipe, tmp_path, monkeypatch):
+    from sdlearn.evaluation import model_cards, text_to_image
+    from sdlearn.evaluation.evaluate import evaluate
+
+    report, picture = evaluate_t2i(StandIn(), num_samples=12, progress=False)
+    seen = {}
+    monkeypatch.setattr(text_to_image, "evaluate_t2i", lambda folder, **kw: seen.update(kw) or (report, picture))
+    got, name, shown = evaluate(str(tmp_path / "shapes-t2i"), progress=False)
+    assert got is report and name == "samples.png" and shown is picture and seen["num_samples"] == 512
+    path = model_cards.write_card(str(tmp_path), "shapes-t2i", report, "a test machine")
+    card = open(path).read()
+    assert "| one shape | colour, shape and size right | 100.0% | 90% | True |" in card
+    assert "relation right, among those" in card and "passes the bar: **True**" in card
+    assert f"samples **{report['clip_score_samples']:.3f}**" in card
