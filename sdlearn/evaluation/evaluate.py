@@ -9,6 +9,8 @@
   (bars: >= 30 dB on shapes, >= 24 dB on digits); shapes: the attribute checker reads the reconstruction as
   showing what the original's specification says (bar >= 95%); digits: the project's classifier reads the
   reconstruction as the original's label (bar >= 95%).
+- ``evaluate_t2i`` (shapes-t2i, in text_to_image.py): 512 test captions (one-shape, two-shape, held-out pair),
+  read back by the shapes checker against issue 14's bars, with shapes-clip scores.
 - ``evaluate_cond`` (mnist-cond): 100 samples per digit, each asked for by its class label, with guidance 3 and
   50 steps of the folder's own scheduler: >= 97% are read as the requested digit with confidence >= 0.9 by the
   classifier, and no digit below 90%; a guidance sweep (s = 1 ... 7.5) measures the quality/diversity trade-off
