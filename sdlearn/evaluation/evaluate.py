@@ -9,6 +9,8 @@
   (bars: >= 30 dB on shapes, >= 24 dB on digits); shapes: the attribute checker reads the reconstruction as
   showing what the original's specification says (bar >= 95%); digits: the project's classifier reads the
   reconstruction as the original's label (bar >= 95%).
+- ``evaluate_t2i`` (shapes-t2i, in text_to_image.py): 512 test captions (one-shape, two-shape, held-out pair),
+  read back by the shapes checker against issue 14's bars, with shapes-clip scores.
 - ``evaluate_cond`` (mnist-cond): 100 samples per digit, each asked for by its class label, with guidance 3 and
   50 steps of the folder's own scheduler: >= 97% are read as the requested digit with confidence >= 0.9 by the
   classifier, and no digit below 90%; a guidance sweep (s = 1 ... 7.5) measures the quality/diversity trade-off
@@ -33,6 +35,7 @@ from ..pipelines import DDPMPipeline
 from ..training.recipes import ClipRecipe, LatentRecipe, VAERecipe, get_recipe
 from .classifier import DigitClassifier, classify, digit_report
 from .frechet import frechet_distance
+from .text_to_image import is_text_to_image
 
 BAR = {"confident_share": 0.90, "min_class_share": 0.05}
 VAE_BARS = {"shapes": {"psnr_db": 30.0, "read_same": 0.95}, "digits": {"psnr_db": 24.0, "read_same": 0.95}}
@@ -259,6 +262,12 @@ def evaluate(name_or_folder: str, num_samples: int = 256, num_inference_steps: i
         from .clip_metrics import evaluate_clip
 
         return evaluate_clip(name_or_folder), None, None
+    if is_text_to_image(recipe):  # issue 14's bars on 512 test captions (text_to_image.py)
+        from .text_to_image import evaluate_t2i
+
+        report, shown = evaluate_t2i(name_or_folder, num_samples=512, seed=seed, progress=progress,
+                                     batch_size=min(batch_size, 64))
+        return report, "samples.png", shown
     if isinstance(recipe, VAERecipe):
         report, images, rec = evaluate_vae(name_or_folder)
         pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over the set (the digits are sorted by class)

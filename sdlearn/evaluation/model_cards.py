@@ -10,6 +10,7 @@ import json
 import os
 
 from ..training.recipes import ClipRecipe, LatentRecipe, VAERecipe, get_recipe
+from .text_to_image import is_text_to_image
 
 
 def write_model_card(folder: str, name: str, quality: dict, training: dict, machine: str) -> str:
@@ -225,6 +226,68 @@ digit-like (more requested, less varied: the Frechet distance to real digits say
     return path
 
 
+def write_t2i_card(folder: str, name: str, report: dict, machine: str) -> str:
+    """The card of a text-to-image model (shapes-t2i): issue 14's four bars, per caption group, and the CLIP score."""
+    recipe = get_recipe(name)
+    u, g, bar, met = recipe.unet, report["groups"], report["bar"], report["bars_met"]
+    sizes = report["group_sizes"]
+    clip = ("- CLIP score (shapes-clip cosine of image and caption, averaged): samples "
+            f"**{report['clip_score_samples']:.3f}**, the real test images of the same captions "
+            f"{report['clip_score_real']:.3f}; per group (samples / real): " + ", ".join(
+                f"{k} {g[k]['clip_score_samples']:.3f} / {g[k]['clip_score_real']:.3f}" for k in g)
+            if "clip_score_samples" in report else "- CLIP score: not measured in this run")
+    text = f"""# {name}
+
+Text to image by latent diffusion, Stable Diffusion's way (Rombach et al. 2022): a UNet2DConditionModel on the latents
+of the shipped `{recipe.vae}` autoencoder, cross-attending to the frozen text tower of the shipped
+`{recipe.text_encoder}` CLIP, trained with captions dropped to the empty prompt for classifier-free guidance.
+Load it with `StableDiffusionPipeline.from_pretrained("{name}")` and call it as diffusers' pipeline:
+`pipe(prompt=["a small red circle above a large blue square"], guidance_scale={report['guidance_scale']:g},
+num_inference_steps={report['num_inference_steps']}, generator=g, output_type="pt").images`.
+
+## Data and split
+`load_shapes("train", compositions="{recipe.compositions}")`: the training shapes less every image with a held-out
+colour-shape pair (purple circle, yellow triangle, green square), so no training caption names one. Measured on
+captions of the test split (`load_shapes("test")`, another seed).
+
+## Model and recipe
+- UNet2DConditionModel: {u.block_out_channels} channels, blocks {u.down_block_types} / {u.up_block_types},
+  {u.layers_per_block} residual block(s) per level, cross-attention dim {u.cross_attention_dim}, attention head dim
+  {u.attention_head_dim}, GroupNorm {u.norm_num_groups}, on {u.in_channels}x{u.sample_size}x{u.sample_size} latents.
+- Training scheduler: DDPM {recipe.scheduler}
+- The folder's scheduler (the one measured below): {recipe.sampling_scheduler[0]} {recipe.sampling_scheduler[1]}
+{_training_lines(folder, name, machine)}{"- Note: " + recipe.notes if recipe.notes else ""}
+
+## The exact commands
+```
+python -m sdlearn train {name} --run-dir runs/{name}        # needs {recipe.vae} and {recipe.text_encoder}; resumable
+python -m sdlearn export {name} --run-dir runs/{name}
+python -m sdlearn evaluate {name}                           # the measurement below (writes this card)
+```
+
+## Measured quality
+{report['num_samples']} test captions ({sizes['one_shape']} one-shape, {sizes['two_shape']} two-shape, {sizes['held_out']}
+with a held-out pair; seed {report['seed']}), one image each at guidance scale {report['guidance_scale']:g},
+{report['num_inference_steps']} steps of {report['scheduler']}, read back by the shapes checker
+(`sdlearn.evaluation.text_to_image.evaluate_t2i`):
+
+| captions | measure | value | bar | met |
+|---|---|---:|---:|---|
+| one shape | colour, shape and size right | {g['one_shape']['right']:.1%} | {bar['one_shape']:.0%} | {met['one_shape']} |
+| two shapes | both objects right | {g['two_shape']['objects_right']:.1%} | {bar['two_shape_objects']:.0%} | {met['two_shape_objects']} |
+| two shapes | relation right, among those ({g['two_shape']['objects_right_count']}) | {g['two_shape']['relation_right_among_those']:.1%} | {bar['two_shape_relation']:.0%} | {met['two_shape_relation']} |
+| held-out pair | its colour and shape right | {g['held_out']['right']:.1%} | {bar['held_out']:.0%} | {met['held_out']} |
+
+{clip}
+- Seconds: {report['seconds']} with {report['torch_threads']} threads, on {machine}.
+- passes the bar: **{report['passes_bar']}**
+"""
+    path = os.path.join(folder, "README.md")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def write_card(folder: str, name: str, report: dict, machine: str) -> str | None:
     """The model card of any shipped model, by its recipe's kind (a pixel DDPM's card needs its training.json)."""
     recipe = get_recipe(name)
@@ -232,6 +295,8 @@ def write_card(folder: str, name: str, report: dict, machine: str) -> str | None
         from .clip_metrics import write_clip_card
 
         return write_clip_card(folder, name, report, machine)
+    if is_text_to_image(recipe):
+        return write_t2i_card(folder, name, report, machine)
     if isinstance(recipe, VAERecipe):
         return write_vae_card(folder, name, report, machine)
     if isinstance(recipe, LatentRecipe) and recipe.class_conditional:
