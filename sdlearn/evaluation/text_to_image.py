@@ -155,12 +155,10 @@ def clip_scores(clip, images: torch.Tensor, captions: list[str]) -> torch.Tensor
 
 
 def is_text_to_image(recipe) -> bool:
-    """Is this a ``TextToImageRecipe`` (shapes-t2i)? Looked up by name so that this module imports before that
-    recipe class exists (it was written at the same time, on another branch)."""
-    from ..training import recipes
+    """Is this a ``TextToImageRecipe`` (shapes-t2i)?"""
+    from ..training.recipes import TextToImageRecipe
 
-    cls = getattr(recipes, "TextToImageRecipe", None)
-    return cls is not None and isinstance(recipe, cls)
+    return isinstance(recipe, TextToImageRecipe)
 
 
 def _load(pipeline_or_folder):
