@@ -294,3 +294,4 @@ def test_show_gif_reaches_the_html_page(tmp_path):
     assert "data:image/gif;base64," in body
     with pytest.raises(ValueError, match="not a GIF"):
         show_gif(tmp_path.joinpath("x.png").write_bytes(b"\x89PNG") and tmp_path / "x.png")
+
