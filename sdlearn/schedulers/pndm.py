@@ -6,9 +6,9 @@ a better estimate of the noise, combined from several model evaluations, as clas
 - eq. 9 (the transfer part, DDIM's deterministic step written for one jump t -> t - delta):
     x_{t-delta} = sqrt(ab_{t-delta} / ab_t) x_t
                   - (ab_{t-delta} - ab_t) / (ab_t sqrt(1 - ab_{t-delta}) + sqrt(ab_t (1 - ab_t) ab_{t-delta})) eps
-- PLMS, the pseudo linear multistep method (eq. 12): eps' = (55 e_t - 59 e_{t-d} + 37 e_{t-2d} - 9 e_{t-3d}) / 24,
+- PLMS, the pseudo linear multistep method (fourth-order Adams-Bashforth weights): eps' = (55 e_t - 59 e_{t-d} + 37 e_{t-2d} - 9 e_{t-3d}) / 24,
   with lower-order Adams-Bashforth combinations until four outputs exist;
-- PRK, pseudo Runge-Kutta (eq. 13), four model calls per step, for the first steps unless ``skip_prk_steps``.
+- PRK, pseudo Runge-Kutta (classical fourth-order Runge-Kutta weights), four model calls per step, for the first steps unless ``skip_prk_steps``.
 Stable Diffusion uses ``skip_prk_steps=True``: PLMS from the start, warming up as diffusers does (its first
 step is taken twice: once with e_t, then again from x_t with (e_t + e_{t-d}) / 2, a second-order start).
 
@@ -124,7 +124,7 @@ class PNDMScheduler(SchedulerMixinLite):
         return SchedulerOutput(prev_sample=prev, pred_original_sample=None)
 
     def _step_prk(self, model_output, timestep: int, sample):
-        """Pseudo Runge-Kutta (eq. 13): e' = (e1 + 2 e2 + 2 e3 + e4) / 6 over four calls per step."""
+        """Pseudo Runge-Kutta: e' = (e1 + 2 e2 + 2 e3 + e4) / 6 over four calls per step."""
         S, T = self.num_inference_steps, self.config.num_train_timesteps
         diff_to_prev = 0 if self.counter % 2 else T // S // 2
         prev_timestep = timestep - diff_to_prev
@@ -143,7 +143,7 @@ class PNDMScheduler(SchedulerMixinLite):
         return self._prev_sample(cur_sample, timestep, prev_timestep, model_output)
 
     def _step_plms(self, model_output, timestep: int, sample):
-        """Pseudo linear multistep (eq. 12): Adams-Bashforth combinations of the last e's, up to fourth order."""
+        """Pseudo linear multistep: Adams-Bashforth combinations of the last e's, up to fourth order."""
         S, T = self.num_inference_steps, self.config.num_train_timesteps
         if not self.config.skip_prk_steps and len(self.ets) < 3:
             raise ValueError("PLMS needs three PRK steps first: loop over scheduler.timesteps from the start.")
@@ -166,7 +166,7 @@ class PNDMScheduler(SchedulerMixinLite):
         elif len(e) == 3:
             model_output = (23 * e[-1] - 16 * e[-2] + 5 * e[-3]) / 12
         else:
-            model_output = (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4]) / 24  # eq. 12
+            model_output = (55 * e[-1] - 59 * e[-2] + 37 * e[-3] - 9 * e[-4]) / 24  # fourth order
         self.counter += 1
         return self._prev_sample(sample, timestep, prev_timestep, model_output)
 
