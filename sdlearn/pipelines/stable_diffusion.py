@@ -199,6 +199,12 @@ class StableDiffusionPipeline(DiffusionPipeline):
         return latents.to(self.device, self.unet.dtype)
 
     @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, generator) -> torch.Tensor:
+        """scaling_factor * a sample of q(z | x): the latent the forward process starts from."""
+        posterior = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
+        return self.vae.config.scaling_factor * posterior.sample(generator)
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str) -> StableDiffusionPipelineOutput:
         """z_0 -> images (D(z_0 / scaling_factor)), the safety checker's verdict, and the asked-for output type."""
         if output_type == "latent":

@@ -39,12 +39,6 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
     """Image + prompt -> image, with the same components as text to image."""
 
     @torch.no_grad()
-    def encode_image(self, image: torch.Tensor, generator) -> torch.Tensor:
-        """scaling_factor * a sample of q(z | x): the latent the forward process starts from."""
-        posterior = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
-        return self.vae.config.scaling_factor * posterior.sample(generator)
-
-    @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, image=None, strength: float = 0.8,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5,
                  negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1, eta: float = 0.0,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .image_processing import preprocess_image, preprocess_mask
 from .stable_diffusion import StableDiffusionPipeline, StableDiffusionPipelineOutput
-from .stable_diffusion_img2img import StableDiffusionImg2ImgPipeline, img2img_timesteps
+from .stable_diffusion_img2img import img2img_timesteps
 
 
 def blend_known(latents: torch.Tensor, known_noised: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -28,18 +28,6 @@ def blend_known(latents: torch.Tensor, known_noised: torch.Tensor, mask: torch.T
 
 class StableDiffusionInpaintPipeline(StableDiffusionPipeline):
     """Image + mask + prompt -> image. 4-channel UNets inpaint by blending (a); 9-channel ones by concatenation (b)."""
-
-    encode_image = StableDiffusionImg2ImgPipeline.encode_image
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
-                 requires_safety_checker: bool = False):
-        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
-                         requires_safety_checker)
-        c = vae.config.latent_channels
-        if unet.config.in_channels not in (c, 2 * c + 1):
-            raise ValueError(f"an inpainting pipeline needs a UNet with {c} input channels (any text-to-image UNet: "
-                             f"blending) or {2 * c + 1} (an inpainting UNet: latents, mask, masked-image latents); "
-                             f"this one has {unet.config.in_channels}.")
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, image=None, mask_image=None, strength: float = 1.0,
