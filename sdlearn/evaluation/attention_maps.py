@@ -84,6 +84,13 @@ def word_token_index(tokens: list[str], caption: str) -> dict[int, int]:
     return out
 
 
+def peak_inside(token_map: torch.Tensor, region: np.ndarray) -> bool:
+    """Whether the brightest point of a token's map (upsampled to the region's size) lies inside the region."""
+    up = F.interpolate(token_map[None, None], size=region.shape, mode="bilinear", align_corners=False)[0, 0]
+    y, x = divmod(int(up.argmax()), region.shape[1])
+    return bool(region[y, x])
+
+
 def mass_inside(token_map: torch.Tensor, region: np.ndarray) -> float:
     """The share of a token's map (h, w) that falls inside a region (H, W), the map upsampled to the region's size."""
     up = F.interpolate(token_map[None, None], size=region.shape, mode="bilinear", align_corners=False)[0, 0]
@@ -93,9 +100,11 @@ def mass_inside(token_map: torch.Tensor, region: np.ndarray) -> float:
 
 def attention_in_objects(images: torch.Tensor, maps: dict[int, torch.Tensor], tokens: list[list[str]],
                          captions: list[str]) -> dict:
-    """How often a colour or shape word's map puts most of its mass (> 50%) inside its object, per word type and
-    per step; two-object captions of two different colours only."""
+    """How often a colour or shape word's map puts most of its mass (> 50%) inside its object (the bar's measure),
+    per word type and per step; two-object captions of two different colours only. ``peak_share`` beside it: how
+    often the map's brightest point is inside the object (a diffuse map can peak on its object with little mass there)."""
     hits = {"colour": {}, "shape": {}}
+    peaks = {"colour": [], "shape": []}
     for b, caption in enumerate(captions):
         objects = parse_caption(caption)
         if len(objects) != 2 or objects[0]["colour"] == objects[1]["colour"]:
@@ -113,11 +122,13 @@ def attention_in_objects(images: torch.Tensor, maps: dict[int, torch.Tensor], to
                     for i in where[:1]:
                         inside = mass_inside(step_maps[b, positions[i]], region) > 0.5
                         hits[kind].setdefault(step, []).append(inside)
+                        peaks[kind].append(peak_inside(step_maps[b, positions[i]], region))
     report = {}
     for kind, by_step in hits.items():
         per_step = {int(s): float(np.mean(v)) for s, v in sorted(by_step.items())}
         every = [x for v in by_step.values() for x in v]
         report[kind] = {"share": float(np.mean(every)) if every else float("nan"), "per_step": per_step,
+                        "peak_share": float(np.mean(peaks[kind])) if peaks[kind] else float("nan"),
                         "words": len(every) // max(1, len(by_step))}
     return report
 

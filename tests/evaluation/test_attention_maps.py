@@ -56,10 +56,11 @@ def test_attention_in_objects_scores_words_that_look_at_their_object():
         maps[0, words.index(word) + 1, rows] = 1.0
     good = attention_in_objects(image, {0: maps}, tokens, [caption])
     assert good["colour"]["share"] == 1.0 and good["shape"]["share"] == 1.0
+    assert good["colour"]["peak_share"] == 1.0
     swapped = maps.clone()
     swapped[0, words.index("red") + 1], swapped[0, words.index("blue") + 1] = maps[0, words.index("blue") + 1], \
         maps[0, words.index("red") + 1]
     bad = attention_in_objects(image, {0: swapped}, tokens, [caption])
-    assert bad["colour"]["share"] == 0.0 and bad["shape"]["share"] == 1.0
+    assert bad["colour"]["share"] == 0.0 and bad["shape"]["share"] == 1.0 and bad["colour"]["peak_share"] == 0.0
     same_colour = attention_in_objects(image, {0: maps}, tokens, ["a large red square above a small red circle"])
     assert np.isnan(same_colour["colour"]["share"])  # skipped: the colours cannot tell the objects apart
