@@ -227,7 +227,7 @@ def _check_clip_loss(fn) -> None:
     """Radford et al. 2021, Figure 3: the symmetric cross-entropy over exp(t)-scaled cosine similarities."""
     for n, (B, d, dtype, t) in enumerate(CLIP_CASES):
         image = _randn((B, d), dtype, 560 + n) * 3.0  # norms far from 1, so that a missing normalisation shows
-        text = (image.double() + 2.0 * _randn((B, d), torch.float64, 570 + n)).to(dtype)  # pairs are related
+        text = (image.double() + 6.0 * _randn((B, d), torch.float64, 570 + n)).to(dtype)  # related pairs, loss ~ 0.2-30
         t_ = torch.tensor(t, dtype=dtype)
         case = _Case("ch05.clip_loss", _describe(dtype, image_embeds=image, text_embeds=text) + f", t = {t:.4g} "
                                                                                                 f"(exp(t) = {math.exp(t):.4g})")
@@ -251,12 +251,15 @@ def _check_clip_loss(fn) -> None:
                             "cross-entropy is averaged over the batch.")
         got = _expect_tensor(case, got, want, dtype, "the loss")
         _diagnose(case, got.detach(), want, dtype, {
-            "i2t": ("one_direction", loss(directions=("i2t",)),
+            "i2t": ("one_direction", loss(directions=("i2t",), half=False),
                     "CLIP's loss is symmetric: average the image -> text cross-entropy (rows of the logits) and the "
                     "text -> image one (rows of logits^T). You kept only the first."),
-            "t2i": ("one_direction", loss(directions=("t2i",)),
+            "t2i": ("one_direction", loss(directions=("t2i",), half=False),
                     "CLIP's loss is symmetric: average the image -> text cross-entropy (rows of the logits) and the "
                     "text -> image one (rows of logits^T). You kept only the second."),
+            "i2t_half": ("one_direction", loss(directions=("i2t",)),
+                         "CLIP's loss is symmetric: average the image -> text cross-entropy (rows of the logits) and "
+                         "the text -> image one (rows of logits^T). You halved the first and left out the second."),
             "no_temperature": ("no_temperature", loss(scale=1.0),
                                "the cosine similarities are multiplied by exp(t) before the softmax (Figure 3: "
                                "np.exp(t)); without it the logits stay in [-1, 1] and the softmax is nearly flat."),
