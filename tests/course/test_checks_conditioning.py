@@ -268,3 +268,17 @@ def test_transformers_clip_loss_is_refused_while_checked():
     passed, feedback = run_check("ch05.clip_loss", clip_loss)
     assert not passed and "image_text_contrastive_loss" in feedback and "by hand" in feedback
     assert modeling_clip.image_text_contrastive_loss is original
+
+
+def test_feedback_never_shows_reference_code():
+    """Feedback quotes the learner's own line and the math, never a line of the check's code."""
+    import inspect
+
+    from sdlearn.course.checks import conditioning as module
+    code_lines = [line.strip() for line in inspect.getsource(module).splitlines()
+                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
+    code_lines = [line for line in code_lines if len(line) > 15]
+    assert len(code_lines) > 20
+    for exercise_id, fn, _ in MISTAKES:
+        _, feedback = run_check(exercise_id, fn)
+        assert not [line for line in code_lines if line in feedback], exercise_id

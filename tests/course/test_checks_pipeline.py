@@ -194,3 +194,17 @@ def test_checks_leave_the_random_state_alone():
     for exercise_id, fn in CORRECT.items():
         run_check(exercise_id, fn)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_feedback_never_shows_reference_code():
+    """Feedback quotes the learner's own line and the math, never a line of the check's code."""
+    import inspect
+
+    module = ch07
+    code_lines = [line.strip() for line in inspect.getsource(module).splitlines()
+                  if line.strip().startswith("return ") or " = " in line and not line.strip().startswith(('"', "#"))]
+    code_lines = [line for line in code_lines if len(line) > 15]
+    assert len(code_lines) > 20
+    for exercise_id, fn, _ in MISTAKES:
+        _, feedback = run_check(exercise_id, fn)
+        assert not [line for line in code_lines if line in feedback], exercise_id
