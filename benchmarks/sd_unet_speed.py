@@ -6,7 +6,8 @@ hold the same weights (sdlearn's parameter names are diffusers'), run the same 5
 guidance (a batch of 2B: empty prompt and prompt) at 512x512 (64x64 latents), with torch's scaled_dot_product_attention
 in both, at each precision and batch size asked for. Runs alternate (sdlearn, diffusers, sdlearn, ...) so drift in
 the machine hits both alike. Prints and writes seconds per image and peak GPU memory, and the ratio sdlearn / diffusers
-(the issue's aim: <= 1.05 on both).
+(the issue's aim: <= 1.05 on both). Then, at 1024x1024 (128x128 latents): one UNet step with and without attention
+slicing, and the VAE decode with and without tiling, with their peak memory.
 
     python benchmarks/sd_unet_speed.py                        # on a CUDA GPU: fp16 and bf16, batch 1 and 4
     python benchmarks/sd_unet_speed.py --tiny --device cpu    # seconds on a CPU: a tiny UNet, 2 steps (the tests)
@@ -114,6 +115,44 @@ def run(config: dict, device: torch.device, dtypes: list[str], batches: list[int
     return results
 
 
+@torch.no_grad()
+def memory_large(config: dict, device: torch.device, dtype: torch.dtype, latent_side: int, vae_config: dict) -> dict:
+    """Peak memory (GiB; CUDA only) and seconds of one guided UNet step and one VAE decode at ``latent_side`` latents
+    (128: a 1024x1024 image), plain and with attention slicing / VAE tiling."""
+    from sdlearn.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+    from sdlearn.models.attention import Attention, AttnProcessor
+    from sdlearn.models.tiling import SlicedAttnProcessor
+
+    ours, _ = twins(dict(config, sample_size=latent_side), device, dtype)
+    g = torch.Generator().manual_seed(2)
+    latents = torch.randn(2, config["in_channels"], latent_side, latent_side, generator=g).to(device, dtype)
+    context = torch.randn(2, 77, config["cross_attention_dim"], generator=g).to(device, dtype)
+    t = torch.tensor(500, device=device)
+    out = {"latent_side": latent_side}
+    for name, processor in (("unet_step", None), ("unet_step_sliced", "max")):
+        for m in ours.modules():
+            if isinstance(m, Attention):
+                m.processor = SlicedAttnProcessor(1) if processor else AttnProcessor()
+        seconds, peak = timed(lambda: ours(latents, t, encoder_hidden_states=context), device)
+        out[name] = {"seconds": seconds, "peak_memory_gib": peak}
+    del ours
+    vae = AutoencoderKL(AutoencoderKLConfig(**vae_config)).eval().to(device, torch.float32)  # SD decodes in fp32
+    z = torch.randn(1, 4, latent_side, latent_side, generator=g).to(device)
+    for name, tiled in (("vae_decode", False), ("vae_decode_tiled", True)):
+        if tiled:
+            vae.enable_tiling()
+        try:
+            seconds, peak = timed(lambda: vae.decode(z), device)
+            out[name] = {"seconds": seconds, "peak_memory_gib": peak}
+        except torch.cuda.OutOfMemoryError:
+            out[name] = {"out_of_memory": True}
+            torch.cuda.empty_cache()
+    for k, v in out.items():
+        if isinstance(v, dict):
+            print(f"{latent_side}x{latent_side} latents, {k}: {v}", flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -123,6 +162,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tiny", action="store_true", help="a tiny UNet, 2 steps, batch 1: checks the script runs")
+    p.add_argument("--no-large", action="store_true", help="skip the 1024x1024 slicing and tiling measurement")
     p.add_argument("--out", default=None, help="write the results here as JSON")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -134,6 +174,11 @@ def main(argv=None) -> dict:
     if args.tiny:
         config, batches, steps, repeats = TINY, [1], 2, 1
     results = run(config, device, dtypes, batches, steps, repeats)
+    if not args.no_large:  # attention slicing and VAE tiling at 1024x1024 (tiny: 32x32 latents, 8-latent tiles)
+        vae_config = dict(sample_size=512) if not args.tiny else dict(
+            block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4, sample_size=16)
+        results["large"] = memory_large(config, device, DTYPES[dtypes[0]], 32 if args.tiny else 128, vae_config)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

@@ -26,6 +26,9 @@ def test_sd_unet_speed_tiny_runs_and_both_arms_agree(tmp_path):
     assert cell["seconds_per_image"]["sdlearn"] > 0 and cell["seconds_per_image"]["diffusers"] > 0
     assert cell["max_abs_difference"] < 1e-4  # the same weights, the same loop: the same latents
     assert results["config"]["block_out_channels"] == [16, 32]
+    large = results["large"]
+    assert large["latent_side"] == 32 and all(large[k]["seconds"] > 0 for k in
+                                              ("unet_step", "unet_step_sliced", "vae_decode", "vae_decode_tiled"))
 
 
 def test_sd_unet_speed_refuses_an_unknown_precision():
