@@ -60,11 +60,11 @@ def test_no_module_is_over_about_500_lines():
 
 
 def test_every_reference_the_grader_blocks_exists():
-    """A stale "module:function" path in REFERENCES would be skipped silently during grading, and a student calling the
-    library would score full points: every path must import and name a function or method."""
-    from sdlearn.course.grader.references import REFERENCES
+    """A stale "module:function" path in REFERENCES or BLOCKED_CALLABLES would be skipped silently during grading, and
+    a student calling the library would score full points: every path must import and name a function or method."""
+    from sdlearn.course.grader.references import BLOCKED_CALLABLES, REFERENCES
 
-    paths = sorted({p for refs in REFERENCES.values() for p in refs})
+    paths = sorted({p for refs in [*REFERENCES.values(), *BLOCKED_CALLABLES.values()] for p in refs})
     assert paths
     for path in paths:
         module_name, _, qualname = path.partition(":")

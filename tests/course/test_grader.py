@@ -306,17 +306,217 @@ WRONG.update(WRONG_LATENT)
 REFERENCE_ANSWERS.update(REFERENCE_ANSWERS_LATENT)
 
 
+# Chapters 5 and 7 (conditioning; the Stable Diffusion pipeline): also graded in notebooks built here until their
+# chapters hold the exercises. These sources are the solution cells the chapters take (markers included).
+SOLUTIONS_CONDITIONING_PIPELINE = {
+    "ch05.cross_attention": '''
+def cross_attention(hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, to_q: torch.nn.Linear,
+                    to_k: torch.nn.Linear, to_v: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # LDM eq. 3: Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V, Q from the image tokens, K and V from the text's.
+    # hidden_states (B, N, C): image tokens; encoder_hidden_states (B, M, D): text tokens; to_q, to_k, to_v: nn.Linear
+    # Returns out (B, N, inner), the heads merged back (no output projection), and probs (B, heads, N, M).
+    ### BEGIN SOLUTION
+    B, N, _ = hidden_states.shape
+    q = to_q(hidden_states)  # (B, N, inner): Q = W_Q phi(z_t)
+    k = to_k(encoder_hidden_states)  # (B, M, inner): K = W_K tau(y)
+    v = to_v(encoder_hidden_states)  # (B, M, inner): V = W_V tau(y)
+    d = q.shape[-1] // heads  # the width of one head
+    q, k, v = (x.view(B, -1, heads, d).transpose(1, 2) for x in (q, k, v))  # (B, heads, T, d)
+    scores = q @ k.transpose(-1, -2) / d**0.5  # (B, heads, N, M): Q K^T / sqrt(d)
+    probs = scores.softmax(dim=-1)  # over the keys: each image token's weights over the words sum to 1
+    out = probs @ v  # (B, heads, N, d)
+    return out.transpose(1, 2).reshape(B, N, heads * d), probs  # out (B, N, inner)
+    ### END SOLUTION
+''',
+    "ch05.guidance": '''
+def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    # Classifier-free guidance (Ho & Salimans 2022, eq. 6) in diffusers' convention: guidance_scale s = 1 + w.
+    # eps_uncond, eps_cond: (B, C, H, W), the model's noise predictions without and with the condition
+    ### BEGIN SOLUTION
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)  # = (1 + w) eps_cond - w eps_uncond
+    ### END SOLUTION
+''',
+    "ch05.clip_loss": '''
+def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    # CLIP's symmetric contrastive loss (Radford et al. 2021, Figure 3).
+    # image_embeds, text_embeds: (B, d), row i of each a pair; t: the learned log-temperature (a 0-dim tensor)
+    ### BEGIN SOLUTION
+    image_e = image_embeds / image_embeds.norm(dim=-1, keepdim=True)  # I_e (B, d): L2-normalised rows
+    text_e = text_embeds / text_embeds.norm(dim=-1, keepdim=True)  # T_e (B, d)
+    logits = t.exp() * image_e @ text_e.T  # (B, B): exp(t) times the cosine similarities
+    labels = torch.arange(len(logits), device=logits.device)  # the diagonal: image i belongs with caption i
+    loss_image = torch.nn.functional.cross_entropy(logits, labels)  # image -> text: each row picks its caption
+    loss_text = torch.nn.functional.cross_entropy(logits.T, labels)  # text -> image: each column picks its image
+    return (loss_image + loss_text) / 2
+    ### END SOLUTION
+''',
+    "ch05.condition_dropout": '''
+def condition_dropout(conditions: torch.Tensor, null_condition: torch.Tensor, p_uncond: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    # Ho & Salimans 2022, Algorithm 1, line 3: c <- null with probability p_uncond, sample by sample.
+    # conditions: (B,) class labels or (B, M, D) text embeddings; null_condition: one row, shaped like conditions[0]
+    ### BEGIN SOLUTION
+    u = torch.rand(conditions.shape[0], generator=generator, device=generator.device)  # (B,): one draw per sample
+    drop = (u < p_uncond).to(conditions.device)  # (B,): True with probability p_uncond
+    drop = drop.view(-1, *[1] * (conditions.ndim - 1))  # (B, 1, ..., 1): broadcasts over a row
+    null = null_condition.to(conditions.dtype).expand_as(conditions)  # (B, ...)
+    return torch.where(drop, null, conditions)  # every sample stays; only its condition is replaced
+    ### END SOLUTION
+''',
+    "ch07.img2img_start": '''
+def img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+    # SDEdit's start (Meng et al. 2022) in diffusers' img2img: of the S steps, the last int(S * strength) run.
+    # scheduler: already set to num_inference_steps (its timesteps and order); strength in (0, 1]
+    ### BEGIN SOLUTION
+    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)  # how many steps run
+    t_start = max(num_inference_steps - init_timestep, 0)  # where in the grid of S steps they start
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]  # a second-order grid lists each step twice
+    return timesteps, t_start
+    ### END SOLUTION
+''',
+    "ch07.blended_inpaint_step": '''
+def blended_inpaint_step(scheduler, eps: torch.Tensor, t: int, latents: torch.Tensor, known_latents: torch.Tensor,
+                         noise: torch.Tensor, mask: torch.Tensor, t_prev: int | None) -> torch.Tensor:
+    # One step of blended inpainting (Avrahami et al. 2023, Blended Latent Diffusion); mask = 1 where we repaint.
+    # eps, latents (z_t), known_latents (the image's latents), noise: (B, 4, h, w); mask: (B or 1, 1, h, w)
+    ### BEGIN SOLUTION
+    z_prev = scheduler.step(eps, t, latents).prev_sample  # the model's step: z_t -> the level of t_prev
+    if t_prev is None:  # the last step: no noise level below it, so the known region is the clean latents
+        known = known_latents
+    else:  # the known latents noised to the same level as z_prev (DDPM eq. 4, through the scheduler)
+        known = scheduler.add_noise(known_latents, noise, torch.tensor([t_prev]))
+    return mask * z_prev + (1 - mask) * known  # repaint where mask = 1, keep the image where mask = 0
+    ### END SOLUTION
+''',
+    "ch07.safety_cosine": '''
+def safety_check(image_embeds: torch.Tensor, concept_embeds: torch.Tensor, concept_thresholds: torch.Tensor,
+                 special_care_embeds: torch.Tensor, special_care_thresholds: torch.Tensor):
+    # The released safety checker's rule: the cosine to each concept embedding against that concept's threshold.
+    # image_embeds (B, d); concept_embeds (K, d), concept_thresholds (K,); special_care_embeds (S, d), thresholds (S,)
+    ### BEGIN SOLUTION
+    image_e = image_embeds / image_embeds.norm(dim=-1, keepdim=True)  # (B, d)
+    concept_e = concept_embeds / concept_embeds.norm(dim=-1, keepdim=True)  # (K, d)
+    special_e = special_care_embeds / special_care_embeds.norm(dim=-1, keepdim=True)  # (S, d)
+    special = (image_e @ special_e.T - special_care_thresholds > 0).any(dim=1)  # (B,): a special-care concept fired
+    adjustment = 0.01 * special.to(image_e.dtype)[:, None]  # (B, 1): then be stricter about every concept
+    scores = image_e @ concept_e.T - concept_thresholds + adjustment  # (B, K): cos - threshold + adjustment
+    return scores, (scores > 0).any(dim=1)  # flagged when any concept's score is above 0
+    ### END SOLUTION
+''',
+}
+WRONG_CH05_CH07 = {
+    "ch05.cross_attention": ("""
+def cross_attention(hidden_states, encoder_hidden_states, to_q, to_k, to_v, heads):
+    B, N, _ = hidden_states.shape
+    q, k, v = to_q(hidden_states), to_k(encoder_hidden_states), to_v(encoder_hidden_states)
+    d = q.shape[-1] // heads
+    q, k, v = (x.view(B, -1, heads, d).transpose(1, 2) for x in (q, k, v))
+    probs = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # planted: 1 / sqrt(d) is missing
+    return (probs @ v).transpose(1, 2).reshape(B, N, heads * d), probs
+""", "missing_scale"),
+    "ch05.guidance": ("""
+def classifier_free_guidance(eps_uncond, eps_cond, guidance_scale):
+    w = guidance_scale
+    return (1 + w) * eps_cond - w * eps_uncond  # planted: the paper's w where diffusers' s = 1 + w belongs
+""", "paper_convention"),
+    "ch05.clip_loss": ("""
+def clip_loss(image_embeds, text_embeds, t):
+    i = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+    x = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
+    logits = t.exp() * i @ x.T
+    return torch.nn.functional.cross_entropy(logits, torch.arange(len(logits)))  # planted: image -> text only
+""", "one_direction"),
+    "ch05.condition_dropout": ("""
+def condition_dropout(conditions, null_condition, p_uncond, generator):
+    drop = torch.rand(conditions.shape[0], generator=generator) < 1 - p_uncond  # planted: the keep probability
+    drop = drop.view(-1, *[1] * (conditions.ndim - 1))
+    return torch.where(drop, null_condition.expand_as(conditions), conditions)
+""", "keep_for_drop"),
+    "ch07.img2img_start": ("""
+def img2img_timesteps(scheduler, num_inference_steps, strength):
+    init_timestep = min(int(num_inference_steps * (1 - strength)), num_inference_steps)  # planted: 1 - strength
+    t_start = max(num_inference_steps - init_timestep, 0)
+    return scheduler.timesteps[t_start * scheduler.order:], t_start
+""", "strength_inverted"),
+    "ch07.blended_inpaint_step": ("""
+def blended_inpaint_step(scheduler, eps, t, latents, known_latents, noise, mask, t_prev):
+    z_prev = scheduler.step(eps, t, latents).prev_sample
+    known = known_latents if t_prev is None else scheduler.add_noise(known_latents, noise, torch.tensor([t_prev]))
+    return (1 - mask) * z_prev + mask * known  # planted: the mask inverted
+""", "mask_inverted"),
+    "ch07.safety_cosine": ("""
+def safety_check(image_embeds, concept_embeds, concept_thresholds, special_care_embeds, special_care_thresholds):
+    special = (image_embeds @ special_care_embeds.T - special_care_thresholds > 0).any(dim=1)
+    scores = image_embeds @ concept_embeds.T - concept_thresholds + 0.01 * special.to(image_embeds.dtype)[:, None]
+    return scores, (scores > 0).any(dim=1)  # planted: dot products where cosines belong
+""", "no_normalisation"),
+}
+# torch's fused attention and transformers' CLIP loss (BLOCKED_CALLABLES) and sdlearn's own answers. would_pass is
+# False for the library shortcuts: the check cell refuses them with its own words ("by hand"), not "scores nothing".
+REFERENCE_ANSWERS_CH05_CH07 = {
+    "ch05.cross_attention": ("""
+import torch.nn.functional as F
+def cross_attention(hidden_states, encoder_hidden_states, to_q, to_k, to_v, heads):
+    B, N, _ = hidden_states.shape
+    q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in
+               (to_q(hidden_states), to_k(encoder_hidden_states), to_v(encoder_hidden_states)))
+    probs = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1), probs
+""", False),
+    "ch05.guidance": ("""
+from sdlearn.pipelines.ddpm import guided
+def classifier_free_guidance(eps_uncond, eps_cond, guidance_scale):
+    return guided(eps_uncond, eps_cond, guidance_scale)
+""", True),
+    "ch05.clip_loss": ("""
+import torch.nn.functional as F
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
+def clip_loss(image_embeds, text_embeds, t):
+    i, x = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
+    return image_text_contrastive_loss(t.exp() * x @ i.T)
+""", False),
+    "ch05.condition_dropout": ("""
+from sdlearn.training.losses import drop_condition
+def condition_dropout(conditions, null_condition, p_uncond, generator):
+    return drop_condition(conditions, p_uncond, null_condition, generator)
+""", True),
+    "ch07.img2img_start": ("""
+from sdlearn.pipelines.stable_diffusion_img2img import img2img_timesteps as library
+def img2img_timesteps(scheduler, num_inference_steps, strength):
+    return library(scheduler, num_inference_steps, strength)
+""", True),
+    "ch07.blended_inpaint_step": ("""
+from sdlearn.pipelines.stable_diffusion_inpaint import blend_known
+def blended_inpaint_step(scheduler, eps, t, latents, known_latents, noise, mask, t_prev):
+    z_prev = scheduler.step(eps, t, latents).prev_sample
+    known = known_latents if t_prev is None else scheduler.add_noise(known_latents, noise, torch.tensor([t_prev]))
+    return blend_known(z_prev, known, mask)
+""", True),
+    "ch07.safety_cosine": ("""
+from sdlearn.models.safety_checker import cosine_similarity
+def safety_check(image_embeds, concept_embeds, concept_thresholds, special_care_embeds, special_care_thresholds):
+    fired = (cosine_similarity(image_embeds, special_care_embeds) - special_care_thresholds > 0).any(dim=1)
+    scores = cosine_similarity(image_embeds, concept_embeds) - concept_thresholds + 0.01 * fired.to(image_embeds.dtype)[:, None]
+    return scores, (scores > 0).any(dim=1)
+""", True),
+}
+SOLUTIONS_LATENT.update(SOLUTIONS_CONDITIONING_PIPELINE)  # graded in notebooks built here, as chapters 3-4
+WRONG.update(WRONG_CH05_CH07)
+REFERENCE_ANSWERS.update(REFERENCE_ANSWERS_CH05_CH07)
+
+
 def latent_notebook(folder: Path, chapter: int) -> Path:
-    """A small notebook of chapter 3 or 4's exercises, in the chapters' nbgrader markup, holding SOLUTIONS_LATENT."""
+    """A small notebook of chapter 3, 4, 5 or 7's exercises, in the chapters' nbgrader markup, holding SOLUTIONS_LATENT."""
     new = nbformat.v4
     cells = [new.new_markdown_cell(f"# Chapter {chapter} (a test notebook)"),
-             new.new_code_cell("import torch\nfrom sdlearn.course.checks import check")]
+             new.new_code_cell("import torch\nfrom torch import nn\nfrom sdlearn.course.checks import check")]
     for exercise_id, source in SOLUTIONS_LATENT.items():
         ex = EXERCISES[exercise_id]
         if ex.chapter != chapter:
             continue
         grade_id = exercise_id.replace(".", "-").replace("_", "-")
-        cells.append(new.new_code_cell(f"### BEGIN SOLUTION\n{source.strip()}\n### END SOLUTION", metadata={"nbgrader": {
+        marked = source.strip() if "### BEGIN SOLUTION" in source else f"### BEGIN SOLUTION\n{source.strip()}\n### END SOLUTION"
+        cells.append(new.new_code_cell(marked, metadata={"nbgrader": {
             "grade_id": grade_id, "solution": True, "grade": False, "locked": False, "schema_version": 3}}))
         cells.append(new.new_code_cell(f'check("{exercise_id}", {ex.signature.split("(")[0]})', metadata={"nbgrader": {
             "grade_id": f"{grade_id}-check", "solution": False, "grade": True, "locked": True, "points": ex.points,
@@ -487,10 +687,11 @@ def assert_answers_that_call_sdlearn_earn_nothing(pool, tmp_path, path):
             assert "of guarded" not in e.feedback and "of find_spec" not in e.feedback  # not the guard's line
 
 
-@pytest.mark.parametrize("chapter", [3, 4])
+@pytest.mark.parametrize("chapter", [3, 4, 5, 7])
 def test_latent_exercises_are_graded(pool, tmp_path, chapter):
-    """Chapters 3-4's exercises in a notebook built here: the solutions score full marks, planted mistakes lose
-    exactly their points with the mistake named, and answers that call sdlearn's (or diffusers') code earn nothing."""
+    """Chapters 3-4's (and 5 and 7's) exercises in a notebook built here: the solutions score full marks, planted
+    mistakes lose exactly their points with the mistake named, and answers that call sdlearn's (or diffusers') code,
+    or a library shortcut of BLOCKED_CALLABLES (torch's fused attention, transformers' CLIP loss), earn nothing."""
     path = latent_notebook(tmp_path / "given", chapter)
     specs = grader.exercises_of(path)
     assert sorted(s.exercise_id for s in specs) == sorted(e for e, ex in EXERCISES.items() if ex.chapter == chapter)
@@ -626,3 +827,25 @@ def test_classroom_workflow_gives_each_exercise_its_points():
     reporter = steps[-1]
     assert reporter["with"]["runners"].split(",") == [s["id"] for s in steps if s.get("id")]
     assert all(f"{s['id'].upper()}_RESULTS" in reporter["env"] for s in steps if s.get("id"))
+
+
+def test_library_shortcuts_are_refused_for_their_exercise_only(pool, tmp_path):
+    """BLOCKED_CALLABLES in the grader: torch's fused attention and transformers' CLIP loss score nothing for the
+    exercise they answer, with feedback that names them and says to compute by hand; the same fused attention in
+    another exercise's answer (guidance here, where it is no shortcut) is left alone."""
+    path = latent_notebook(tmp_path / "given", 5)
+    guidance_with_sdpa = """
+import torch.nn.functional as F
+def classifier_free_guidance(eps_uncond, eps_cond, guidance_scale):
+    q = torch.zeros(1, 1, 1, 2, dtype=eps_cond.dtype)
+    one = F.scaled_dot_product_attention(q, q, q + 1)[0, 0, 0, 0]  # 1.0: allowed outside the attention exercise
+    return eps_uncond + one * guidance_scale * (eps_cond - eps_uncond)
+"""
+    answers = {e: REFERENCE_ANSWERS[e][0] for e in ("ch05.cross_attention", "ch05.clip_loss")}
+    result = by_id(pool.grade_notebook(with_answers(path, tmp_path / "answers" / path.name,
+                                                    {**answers, "ch05.guidance": guidance_with_sdpa})))
+    for exercise_id, name in (("ch05.cross_attention", "scaled_dot_product_attention"),
+                              ("ch05.clip_loss", "image_text_contrastive_loss")):
+        feedback = result[exercise_id].feedback
+        assert result[exercise_id].score == 0 and name in feedback and "by hand" in feedback, feedback
+    assert result["ch05.guidance"].passed, result["ch05.guidance"].feedback

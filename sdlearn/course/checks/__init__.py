@@ -16,7 +16,7 @@ Timesteps are 0-based as in code: t = 0..T-1, and ``alphas_cumprod[t]`` is alpha
 The package: ``core`` (the registry, ``check``, ``run_check`` and the shared helpers), then one
 module of checks per part of the course: ``diffusion`` (chapters 1-2), ``vae`` (chapter 3),
 ``latent`` (chapter 4, whose checks hand the learner's function tiny seeded models: a VAE, a
-denoiser, a scheduler) and ``samplers`` (chapter 6). Importing this package registers every check.
+denoiser, a scheduler), ``conditioning`` (chapter 5), ``samplers`` (chapter 6) and ``pipeline`` (chapter 7). Importing this package registers every check.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from __future__ import annotations
 from . import diffusion  # noqa: F401 - chapters 1-2
 from . import vae  # noqa: F401 - chapter 3
 from . import latent  # noqa: F401 - chapter 4
+from . import conditioning  # noqa: F401 - chapter 5
 from . import samplers  # noqa: F401 - chapter 6
+from . import pipeline  # noqa: F401 - chapter 7
 from .core import CHECKS, EXERCISES, LABELS, CheckFailed, Exercise, check, run_check
 from .core import _cosine_reference  # noqa: F401 - used by the tests (and guarded by the grader)
 from .samplers import GRID_CASES, _reference_grid  # noqa: F401 - used by the tests

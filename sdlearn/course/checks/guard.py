@@ -6,7 +6,9 @@ there. The check cell in the notebook must give the same verdict, so :func:`refe
 for the length of one check: while the learner's function runs (:func:`learner_running`, entered by
 ``core._call``), calling one of those references raises :class:`ReferenceUnavailable`, which the check turns into
 feedback that says why. The references are wrapped where sdlearn holds them and where the learner's function
-finds them (its module's globals: the notebook's namespace), and put back afterwards.
+finds them (its module's globals: the notebook's namespace), and put back afterwards. Other libraries' functions
+that answer an exercise in one call (``BLOCKED_CALLABLES``: torch's fused attention, transformers' CLIP loss) are
+taken away the same way, in their own module too, with a message that says to compute the equation by hand.
 """
 
 from __future__ import annotations
@@ -40,11 +42,18 @@ def unavailable_message(name: str) -> str:
             "operations (the notebook compares your version with sdlearn's after the check).")
 
 
-def _guard(original, name: str):
+def library_message(name: str) -> str:
+    return (f"your function calls {name}, a library function that computes this exercise's whole equation in one "
+            "call. It is unavailable while this exercise is checked (and in the grader): compute the equation by "
+            "hand, step by step, with basic torch operations (matmul, softmax, exp, ...), as the expected formula "
+            "above says.")
+
+
+def _guard(original, name: str, message=unavailable_message):
     @functools.wraps(original)
     def guarded(*args, **kwargs):
         if _RUNNING[0] > 0:
-            raise ReferenceUnavailable(unavailable_message(name))
+            raise ReferenceUnavailable(message(name))
         return original(*args, **kwargs)
 
     guarded.__sdlearn_check_guard__ = True
@@ -84,23 +93,28 @@ def references_unavailable(exercise_id: str, namespaces=()):
     namespaces: dicts the learner's function reads names from (``fn.__globals__``), patched too.
     Where the grader has already put its own guards in place (``__sdlearn_guarded__``), nothing is changed.
     """
-    from ..grader.references import REFERENCES  # the one list of what the grader takes away
+    from ..grader.references import BLOCKED_CALLABLES, REFERENCES  # the one list of what the grader takes away
 
-    targets = [r for r in map(_resolve, REFERENCES.get(exercise_id, ())) if r is not None] + _checks_helpers()
+    targets = [(*r, unavailable_message) for r in map(_resolve, REFERENCES.get(exercise_id, ())) if r is not None]
+    targets += [(*r, library_message) for r in map(_resolve, BLOCKED_CALLABLES.get(exercise_id, ())) if r is not None]
+    targets += [(*r, unavailable_message) for r in _checks_helpers()]
     undo: list = []
     try:
         replace = {}  # id(original) -> guarded, for the module-level functions
-        for owner, attr, original in targets:
+        owners = []  # the modules that define them (another library's module is not among sdlearn's below)
+        for owner, attr, original, message in targets:
             if getattr(original, "__sdlearn_guarded__", False) or getattr(original, "__sdlearn_check_guard__", False):
                 continue
             where = f"{owner.__module__}.{owner.__qualname__}" if inspect.isclass(owner) else owner.__name__
-            guarded = _guard(original, f"{where}.{attr}")
+            guarded = _guard(original, f"{where}.{attr}", message)
             if inspect.isclass(owner):
                 setattr(owner, attr, guarded)
                 undo.append(functools.partial(setattr, owner, attr, original))
             else:
                 replace[id(original)] = (original, guarded)
+                owners.append(owner)
         holders = [vars(m) for n, m in list(sys.modules.items()) if n.split(".")[0] == "sdlearn" and m is not None]
+        holders += [vars(m) for m in dict.fromkeys(owners) if not m.__name__.startswith("sdlearn")]
         for ns in [*holders, *namespaces]:
             for name, value in list(ns.items()):  # also the copies made by `from .x import f`
                 hit = replace.get(id(value))

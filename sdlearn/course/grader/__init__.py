@@ -20,7 +20,9 @@
    ``import diffusers`` raise :class:`ReferenceUnavailable` when they are called from the
    notebook's code (directly or through another sdlearn function); sdlearn's own code and the
    checks still use them. An answer that only calls sdlearn's implementation therefore fails,
-   and the feedback says why.
+   and the feedback says why. Other libraries' one-call answers to an exercise
+   (:data:`BLOCKED_CALLABLES`: torch's ``scaled_dot_product_attention`` for cross-attention,
+   transformers' CLIP loss) are taken away for that exercise the same way.
 
 **Set-up cells** (what runs before each exercise), in order of precedence:
 
@@ -47,13 +49,13 @@ account (GitHub Classroom's runners are throwaway virtual machines).
 """
 
 from .notebook import ExerciseSpec, NotebookReadError, collect_notebooks, exercises_of, find_exercises, read_notebook
-from .references import BLOCKED_PACKAGES, REFERENCES
+from .references import BLOCKED_CALLABLES, BLOCKED_PACKAGES, REFERENCES
 from .report import ExerciseResult, NotebookResult, format_table, results_json, write_csv
 from .runner import DEFAULT_TIMEOUT, Grader, GraderError, grade_notebooks, run_grade_command
 from .sandbox import ReferenceUnavailable
 
 __all__ = [
-    "BLOCKED_PACKAGES", "DEFAULT_TIMEOUT", "ExerciseResult", "ExerciseSpec", "Grader", "GraderError", "NotebookReadError",
+    "BLOCKED_CALLABLES", "BLOCKED_PACKAGES", "DEFAULT_TIMEOUT", "ExerciseResult", "ExerciseSpec", "Grader", "GraderError", "NotebookReadError",
     "NotebookResult", "REFERENCES", "ReferenceUnavailable", "collect_notebooks", "exercises_of", "find_exercises",
     "format_table", "grade_notebooks", "read_notebook", "results_json", "run_grade_command", "write_csv",
 ]

@@ -1,5 +1,9 @@
 """What the grader takes away while a notebook's code runs: sdlearn's own answer to each exercise.
 
+``REFERENCES``: sdlearn's implementations of each exercise's equation. ``BLOCKED_PACKAGES``: libraries that are not
+importable at all while grading. ``BLOCKED_CALLABLES``: single functions of other libraries (torch's fused attention,
+transformers' CLIP loss) that answer one exercise in one call; they are taken away for that exercise only.
+
 Each entry is "module:function" or "module:Class.method". While the notebook's code runs they raise
 ReferenceUnavailable (when called from that code, even through other sdlearn functions). A chapter that adds
 an exercise adds its references here; a test imports every path, so a stale one fails instead of being skipped.
@@ -87,4 +91,39 @@ REFERENCES.update({
 })
 
 
+# Chapter 5: cross-attention (LDM eq. 3), classifier-free guidance, CLIP's loss, condition dropout.
+REFERENCES.update({
+    "ch05.cross_attention": ("sdlearn.models.attention:AttnProcessor.__call__", "sdlearn.models.attention:AttentionStore.__call__",
+                             "sdlearn.models.attention:Attention.forward"),
+    "ch05.guidance": ("sdlearn.pipelines.ddpm:guided",),
+    "ch05.clip_loss": ("sdlearn.training.contrastive:clip_loss", "sdlearn.training.contrastive:ContrastiveLoss.__call__"),
+    "ch05.condition_dropout": ("sdlearn.training.losses:drop_condition", "sdlearn.training.losses:diffusion_loss"),
+})
+
+
+# Chapter 7: the pieces of the Stable Diffusion pipelines (img2img's start, blended inpainting, the safety checker).
+REFERENCES.update({
+    "ch07.img2img_start": ("sdlearn.pipelines.stable_diffusion_img2img:img2img_timesteps",
+                           "sdlearn.pipelines.stable_diffusion_img2img:StableDiffusionImg2ImgPipeline.__call__"),
+    "ch07.blended_inpaint_step": ("sdlearn.pipelines.stable_diffusion_inpaint:blend_known",
+                                  "sdlearn.pipelines.stable_diffusion_inpaint:StableDiffusionInpaintPipeline.__call__"),
+    "ch07.safety_cosine": ("sdlearn.models.safety_checker:cosine_similarity", "sdlearn.models.safety_checker:flag_images",
+                           "sdlearn.models.safety_checker:StableDiffusionSafetyChecker.forward",
+                           "sdlearn.models.safety_checker:StableDiffusionSafetyChecker.check"),
+})
+
+
 BLOCKED_PACKAGES = ("diffusers",)  # whole libraries that implement the exercises
+
+
+# Other libraries' functions that compute an exercise's whole equation in one call: while that exercise is checked
+# or graded they raise ReferenceUnavailable too (when called from the learner's code), with a message that says to
+# compute the equation by hand. Same "module:function" / "module:Class.method" paths as REFERENCES.
+BLOCKED_CALLABLES: dict[str, tuple[str, ...]] = {
+    "ch05.cross_attention": ("torch.nn.functional:scaled_dot_product_attention",
+                             "torch.nn.functional:multi_head_attention_forward",
+                             "torch.nn.modules.activation:MultiheadAttention.forward"),
+    "ch05.clip_loss": ("transformers.models.clip.modeling_clip:image_text_contrastive_loss",
+                       "transformers.models.clip.modeling_clip:contrastive_loss",
+                       "transformers.models.clip.modeling_clip:CLIPModel.forward"),
+}

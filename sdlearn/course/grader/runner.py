@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .notebook import (ExerciseSpec, NotebookReadError, _check_calls, _expected_from_name, _imported_modules, _nbgrader,
                        collect_notebooks, find_exercises, read_notebook, setup_cells)
-from .references import REFERENCES
+from .references import BLOCKED_CALLABLES, REFERENCES
 from .report import ExerciseResult, NotebookResult, _points, format_table, results_json, write_csv
 from .sandbox import BASE_IMPORTS, _preimport, _quiet, run_job
 
@@ -45,7 +45,8 @@ def _serve() -> int:
     print(_PROTOCOL + json.dumps({"ready": True}), file=protocol)
     while line := sys.stdin.readline():
         job = json.loads(line)
-        _preimport([*job.get("preimport", ()), *(r.partition(":")[0] for r in job.get("references", ()))])
+        paths = [*job.get("references", ()), *job.get("blocked", ())]
+        _preimport([*job.get("preimport", ()), *(r.partition(":")[0] for r in paths)])
         print(_PROTOCOL + json.dumps(_fork_and_run(job)), file=protocol)
     return 0
 
@@ -327,7 +328,8 @@ class Grader:
                 job = {"exercise_id": spec.exercise_id, "function": spec.function, "setup": setup,
                        "cell": (spec.cell, nb.cells[spec.cell].source), "timeout": timeout,
                        "cwd": str(path.resolve().parent), "preimport": preimport,
-                       "references": REFERENCES.get(spec.exercise_id, ())}
+                       "references": REFERENCES.get(spec.exercise_id, ()),
+                       "blocked": BLOCKED_CALLABLES.get(spec.exercise_id, ())}
             plan.append((spec, job))
         return None, plan
 

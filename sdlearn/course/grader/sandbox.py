@@ -33,15 +33,24 @@ def _called_from_student_code() -> bool:
     return False
 
 
-def _guard(original, name: str):
+def _reference_message(name: str) -> str:
+    return (f"{name} is sdlearn's own implementation of this exercise's equation; it is unavailable during "
+            "grading: an answer that only calls sdlearn's reference earns no points. Write the equation yourself "
+            "with torch operations.")
+
+
+def _library_message(name: str) -> str:
+    return (f"{name} is a library function that computes this exercise's whole equation in one call; it is "
+            "unavailable during grading: an answer that only calls an existing implementation earns no points. "
+            "Compute the equation by hand, step by step, with basic torch operations (matmul, softmax, exp, ...).")
+
+
+def _guard(original, name: str, message=_reference_message):
     @functools.wraps(original)
     def guarded(*args, **kwargs):
         if _called_from_student_code():
             _BLOCKED_CALLS.append(name)
-            raise ReferenceUnavailable(
-                f"{name} is sdlearn's own implementation of this exercise's equation; it is unavailable during "
-                "grading: an answer that only calls sdlearn's reference earns no points. Write the equation yourself "
-                "with torch operations.")
+            raise ReferenceUnavailable(message(name))
         return original(*args, **kwargs)
 
     guarded.__sdlearn_guarded__ = True
@@ -68,31 +77,34 @@ def _grading_modules() -> list:
                         for m in pkgutil.iter_modules(grading.__path__)]
 
 
-def _install_guards(references) -> None:
-    """Replace the references (and the checks' private helpers) by guards, everywhere sdlearn holds them."""
-    targets = [(module, n, f) for module in _grading_modules() for n, f in vars(module).items()
+def _install_guards(references, blocked=()) -> None:
+    """Replace the references (and the checks' private helpers) by guards, everywhere sdlearn holds them; and the
+    other libraries' functions of ``blocked`` (BLOCKED_CALLABLES) in their own module too."""
+    targets = [(module, n, f, _reference_message) for module in _grading_modules() for n, f in vars(module).items()
                if n.startswith("_") and not n.startswith("__") and inspect.isfunction(f) and f.__module__ == module.__name__]
-    for path in references:
-        module_name, _, qualname = path.partition(":")
-        try:
-            owner = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        *parents, attr = qualname.split(".")
-        for part in parents:
-            owner = getattr(owner, part, None)
-        original = vars(owner).get(attr) if owner is not None else None
-        if callable(original):
-            targets.append((owner, attr, original))
-    for owner, attr, original in targets:
+    for paths, message in ((references, _reference_message), (blocked, _library_message)):
+        for path in paths:
+            module_name, _, qualname = path.partition(":")
+            try:
+                owner = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            *parents, attr = qualname.split(".")
+            for part in parents:
+                owner = getattr(owner, part, None)
+            original = vars(owner).get(attr) if owner is not None else None
+            if callable(original):
+                targets.append((owner, attr, original, message))
+    for owner, attr, original, message in targets:
         if getattr(original, "__sdlearn_guarded__", False):
             continue
         where = f"{owner.__module__}.{owner.__qualname__}" if inspect.isclass(owner) else owner.__name__
-        guarded = _guard(original, f"{where}.{attr}")
+        guarded = _guard(original, f"{where}.{attr}", message)
         if inspect.isclass(owner):
             setattr(owner, attr, guarded)
             continue
-        for module in [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "sdlearn" and m is not None]:
+        holders = [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "sdlearn" and m is not None]
+        for module in holders + ([] if owner in holders else [owner]):
             for name, value in list(vars(module).items()):  # also the copies made by `from .x import f`
                 if value is original:
                     setattr(module, name, guarded)
@@ -186,7 +198,7 @@ def run_job(job: dict) -> dict:
     from ..checks import run_check
 
     exercise_id, fn_source = job["exercise_id"], job["function"]
-    _install_guards(job.get("references", ()))
+    _install_guards(job.get("references", ()), job.get("blocked", ()))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if job.get("cwd") and os.path.isdir(job["cwd"]):
