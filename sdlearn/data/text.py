@@ -132,7 +132,7 @@ def tokenize(tokenizer, prompts: str | list[str]) -> torch.Tensor:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}.")
     length = tokenizer.model_max_length
-    for prompt, ids in zip(prompts, tokenizer(prompts, padding=False, truncation=False).input_ids):
+    for prompt, ids in zip(prompts, tokenizer(prompts, padding=False, truncation=False, verbose=False).input_ids):
         if len(ids) > length:  # ids = [start, *tokens, end]: the kept tokens are ids[1 : length - 1]
             dropped = tokenizer.decode(ids[length - 1 : -1])
             warnings.warn(f"the prompt {prompt!r} is {len(ids)} tokens, longer than the {length} the text encoder reads; "

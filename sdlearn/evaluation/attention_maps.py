@@ -102,9 +102,12 @@ def attention_in_objects(images: torch.Tensor, maps: dict[int, torch.Tensor], to
                          captions: list[str]) -> dict:
     """How often a colour or shape word's map puts most of its mass (> 50%) inside its object (the bar's measure),
     per word type and per step; two-object captions of two different colours only. ``peak_share`` beside it: how
-    often the map's brightest point is inside the object (a diffuse map can peak on its object with little mass there)."""
+    often the map's brightest point is inside the object (a diffuse map can peak on its object with little mass there);
+    ``own_object_share``: how often the map is denser (mass per pixel) on its own object than on the other object,
+    i.e. "red" lights up the red object rather than the blue one, whatever it spends on the background."""
     hits = {"colour": {}, "shape": {}}
     peaks = {"colour": [], "shape": []}
+    own = {"colour": [], "shape": []}
     for b, caption in enumerate(captions):
         objects = parse_caption(caption)
         if len(objects) != 2 or objects[0]["colour"] == objects[1]["colour"]:
@@ -114,6 +117,8 @@ def attention_in_objects(images: torch.Tensor, maps: dict[int, torch.Tensor], to
         words = caption.split()
         for obj in objects:
             region = regions[obj["colour"]]
+            other = next(o for o in objects if o is not obj)
+            other_region = regions[other["colour"]]
             if not region.any():
                 continue  # the model drew no object of that colour: nothing to attend to
             for kind, word in (("colour", obj["colour"]), ("shape", obj["shape"])):
@@ -123,12 +128,16 @@ def attention_in_objects(images: torch.Tensor, maps: dict[int, torch.Tensor], to
                         inside = mass_inside(step_maps[b, positions[i]], region) > 0.5
                         hits[kind].setdefault(step, []).append(inside)
                         peaks[kind].append(peak_inside(step_maps[b, positions[i]], region))
+                        if other_region.any():  # more of the map on its own object than on the other one?
+                            own[kind].append(mass_inside(step_maps[b, positions[i]], region) / region.sum()
+                                             > mass_inside(step_maps[b, positions[i]], other_region) / other_region.sum())
     report = {}
     for kind, by_step in hits.items():
         per_step = {int(s): float(np.mean(v)) for s, v in sorted(by_step.items())}
         every = [x for v in by_step.values() for x in v]
         report[kind] = {"share": float(np.mean(every)) if every else float("nan"), "per_step": per_step,
                         "peak_share": float(np.mean(peaks[kind])) if peaks[kind] else float("nan"),
+                        "own_object_share": float(np.mean(own[kind])) if own[kind] else float("nan"),
                         "words": len(every) // max(1, len(by_step))}
     return report
 

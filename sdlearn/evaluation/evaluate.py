@@ -263,10 +263,10 @@ def evaluate(name_or_folder: str, num_samples: int = 256, num_inference_steps: i
 
         return evaluate_clip(name_or_folder), None, None
     if is_text_to_image(recipe):  # issue 14's bars on 512 test captions (text_to_image.py)
-        from .text_to_image import evaluate_t2i
+        from .text_to_image import evaluate_t2i_card
 
-        report, shown = evaluate_t2i(name_or_folder, num_samples=512, seed=seed, progress=progress,
-                                     batch_size=min(batch_size, 64))
+        report, shown = evaluate_t2i_card(name_or_folder, num_samples=512, seed=seed, progress=progress,
+                                          batch_size=min(batch_size, 64))
         return report, "samples.png", shown
     if isinstance(recipe, VAERecipe):
         report, images, rec = evaluate_vae(name_or_folder)

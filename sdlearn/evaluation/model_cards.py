@@ -226,6 +226,35 @@ digit-like (more requested, less varied: the Frechet distance to real digits say
     return path
 
 
+def _t2i_sweep_and_attention(report: dict) -> str:
+    """The card's guidance-scale sweep and the attention maps' figures, when the report has them."""
+    out = []
+    if "sweep" in report:
+        out += ["", "## Guidance scale", f"Chosen: {report['guidance_scale']:g}, {report['guidance_choice']}.", "",
+                "| guidance | one shape | two shapes: objects | relation, among those | held-out pair | bars met |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        for s, r in report["sweep"].items():
+            g = r["groups"]
+            out.append(f"| {s} | {g['one_shape']['right']:.1%} | {g['two_shape']['objects_right']:.1%} | "
+                       f"{g['two_shape']['relation_right_among_those']:.1%} | {g['held_out']['right']:.1%} | "
+                       f"{sum(r['bars_met'].values())} of 4 |")
+    a = report.get("attention_in_objects")
+    if a:
+        steps = a["steps"]
+        out += ["", "## Cross-attention maps per word",
+                f"{a['captions']} two-shape test captions with two colours, at the chosen scale; maps averaged over heads "
+                f"and layers (`sdlearn.evaluation.attention_maps`), at steps {steps} of 50. Target: most of the word's "
+                "mass inside its object in >= 80%.", "",
+                "| word | most mass inside its object | per step | peak inside | denser on its own object than the other |",
+                "|---|---:|---|---:|---:|"]
+        for kind in ("colour", "shape"):
+            r = a[kind]
+            per = " / ".join(f"{r['per_step'].get(str(s), r['per_step'].get(s, float('nan'))):.0%}" for s in steps)
+            out.append(f"| {kind} ({r['words']} words) | {r['share']:.1%} | {per} | {r['peak_share']:.1%} | "
+                       f"{r['own_object_share']:.1%} |")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def write_t2i_card(folder: str, name: str, report: dict, machine: str) -> str:
     """The card of a text-to-image model (shapes-t2i): issue 14's four bars, per caption group, and the CLIP score."""
     recipe = get_recipe(name)
@@ -281,7 +310,7 @@ with a held-out pair; seed {report['seed']}), one image each at guidance scale {
 {clip}
 - Seconds: {report['seconds']} with {report['torch_threads']} threads, on {machine}.
 - passes the bar: **{report['passes_bar']}**
-"""
+{_t2i_sweep_and_attention(report)}"""
     path = os.path.join(folder, "README.md")
     with open(path, "w") as f:
         f.write(text)

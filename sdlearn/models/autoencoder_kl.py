@@ -243,6 +243,8 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv2d(2 * c, 2 * c, 1) if config.use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(c, c, 1) if config.use_post_quant_conv else None
+        self.tile_latent_size = None  # set by enable_tiling: decode larger latents in tiles of this size
+        self.tile_overlap = 0.25
 
     @property
     def device(self) -> torch.device:
@@ -266,9 +268,29 @@ class AutoencoderKL(nn.Module):
         if z.ndim != 4 or z.shape[1] != c:
             raise ValueError(f"decode expects latents shaped (B, {c}, h, w), got {tuple(z.shape)}. Latents made by "
                              "a diffusion model are scaled: decode(z_0 / vae.config.scaling_factor).")
+        tile = self.tile_latent_size
+        if tile is not None and max(z.shape[-2:]) > tile:
+            from .tiling import tiled_decode
+
+            return DecoderOutput(sample=tiled_decode(self._decode, z, tile, self.tile_overlap,
+                                                     self.config.downsampling_factor))
+        return DecoderOutput(sample=self._decode(z))
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return DecoderOutput(sample=self.decoder(z))
+        return self.decoder(z)
+
+    def enable_tiling(self, tile_latent_size: int | None = None, overlap: float = 0.25) -> None:
+        """Decode latents larger than ``tile_latent_size`` (default: the training size, sample_size / f) in
+        overlapping tiles blended at the seams (``sdlearn.models.tiling``): memory of one tile, not of the image."""
+        size = tile_latent_size or self.config.sample_size // self.config.downsampling_factor
+        if size < 1 or not 0 <= overlap < 1:
+            raise ValueError(f"tile_latent_size must be >= 1 and overlap in [0, 1); got {size} and {overlap}.")
+        self.tile_latent_size, self.tile_overlap = int(size), float(overlap)
+
+    def disable_tiling(self) -> None:
+        self.tile_latent_size = None
 
     def forward(self, sample: torch.Tensor, sample_posterior: bool = False,
                 generator: torch.Generator | None = None) -> DecoderOutput:

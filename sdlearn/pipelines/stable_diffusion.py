@@ -85,6 +85,41 @@ class StableDiffusionPipeline(DiffusionPipeline):
                 module.to(device)
         return self
 
+    # ------------------------------------------------------------------ memory (diffusers' names)
+    def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
+        """Compute attention a few (batch x head) rows at a time in the UNet and the VAE: "auto" half of each
+        layer's heads, "max" one row at a time, or a number of rows. Same images; less peak memory."""
+        from ..models.attention import Attention
+        from ..models.tiling import SlicedAttnProcessor
+
+        for model in (self.unet, self.vae):
+            for module in model.modules():
+                if isinstance(module, Attention):
+                    if slice_size == "auto":
+                        size = max(1, module.heads // 2)
+                    elif slice_size == "max":
+                        size = 1
+                    elif isinstance(slice_size, int) and slice_size >= 1:
+                        size = slice_size
+                    else:
+                        raise ValueError(f"slice_size is 'auto', 'max' or a whole number >= 1, got {slice_size!r}.")
+                    module.processor = SlicedAttnProcessor(size)
+
+    def disable_attention_slicing(self) -> None:
+        from ..models.attention import Attention, AttnProcessor
+
+        for model in (self.unet, self.vae):
+            for module in model.modules():
+                if isinstance(module, Attention):
+                    module.processor = AttnProcessor()
+
+    def enable_vae_tiling(self) -> None:
+        """Decode large images in overlapping tiles of the VAE's training size (``AutoencoderKL.enable_tiling``)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
     # ------------------------------------------------------------------ the prompt
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids (B, model_max_length): padded with the end token, as Stable Diffusion's CLIP was trained.

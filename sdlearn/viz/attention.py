@@ -34,3 +34,30 @@ def plot_token_maps(image: torch.Tensor, maps: torch.Tensor, tokens: list[str], 
     if title:
         fig.suptitle(title, fontsize=8)
     return fig
+
+
+def plot_guidance_direction(result: dict, title: str | None = None) -> Figure:
+    """``sdlearn.evaluation.guidance.guidance_directions``'s record as one row per step: the clean image the
+    unconditional, conditional and guided predictions imply, and |eps_cond - eps_uncond| (the norm over latent
+    channels, upsampled to the image) drawn over the guided one."""
+    steps = result["steps"]
+    columns = ("x0 from eps_uncond", "x0 from eps_cond", "x0 guided", "|eps_cond - eps_uncond|")
+    fig = _new_figure(1.7 * len(columns), 1.75 * len(steps) + 0.3)
+    for row, (i, rec) in enumerate(steps.items()):
+        H, W = rec["x0_guided"].shape[-2:]
+        strength = rec["direction"].norm(dim=0)[None, None]  # (1, 1, h, w)
+        strength = F.interpolate(strength, size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+        for col, name in enumerate(columns):
+            ax = fig.add_subplot(len(steps), len(columns), row * len(columns) + col + 1)
+            if col < 3:
+                _imshow(ax, rec[("x0_uncond", "x0_cond", "x0_guided")[col]].permute(1, 2, 0).numpy())
+            else:
+                _imshow(ax, (rec["x0_guided"].permute(1, 2, 0) * 0.35).numpy())
+                ax.imshow(strength.numpy(), cmap="inferno", alpha=0.7, extent=(-0.5, W - 0.5, H - 0.5, -0.5))
+            if row == len(steps) - 1:
+                ax.set_xlabel(name, fontsize=7)
+            if col == 0:
+                ax.set_ylabel(f"step {i}\nt = {result['timesteps'][i]}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return fig

@@ -207,3 +207,26 @@ def show_gif(path, width: int | None = None) -> AnimatedImage:
     """The GIF at ``path`` as a displayable picture (see :class:`AnimatedImage`)."""
     with open(path, "rb") as f:
         return AnimatedImage(f.read(), width)
+
+
+def figure_slider(figures: dict, description: str = "value", dpi: int = 80):
+    """An ipywidgets viewer over pictures made in advance: {slider value: Figure}. Moving the slider shows that
+    value's picture (nothing is recomputed, so it is instant in FAST mode). Returns a VBox [slider, image]; needs
+    a live Jupyter kernel to move (a static HTML page keeps only the first picture: show a static grid beside it)."""
+    import io
+
+    import ipywidgets as widgets
+
+    if not figures:
+        raise ValueError("figures is empty: give {slider value: matplotlib Figure}.")
+    pngs = {}
+    for value, fig in figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        pngs[value] = buf.getvalue()
+    values = list(pngs)
+    slider = widgets.SelectionSlider(options=values, value=values[0], description=description,
+                                     continuous_update=False, style={"description_width": "initial"})
+    image = widgets.Image(value=pngs[values[0]], format="png")
+    slider.observe(lambda change: setattr(image, "value", pngs[change["new"]]), names="value")
+    return widgets.VBox([slider, image])

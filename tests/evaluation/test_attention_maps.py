@@ -56,11 +56,27 @@ def test_attention_in_objects_scores_words_that_look_at_their_object():
         maps[0, words.index(word) + 1, rows] = 1.0
     good = attention_in_objects(image, {0: maps}, tokens, [caption])
     assert good["colour"]["share"] == 1.0 and good["shape"]["share"] == 1.0
-    assert good["colour"]["peak_share"] == 1.0
+    assert good["colour"]["peak_share"] == 1.0 and good["colour"]["own_object_share"] == 1.0
     swapped = maps.clone()
     swapped[0, words.index("red") + 1], swapped[0, words.index("blue") + 1] = maps[0, words.index("blue") + 1], \
         maps[0, words.index("red") + 1]
     bad = attention_in_objects(image, {0: swapped}, tokens, [caption])
     assert bad["colour"]["share"] == 0.0 and bad["shape"]["share"] == 1.0 and bad["colour"]["peak_share"] == 0.0
+    assert bad["colour"]["own_object_share"] == 0.0 and bad["shape"]["own_object_share"] == 1.0
     same_colour = attention_in_objects(image, {0: maps}, tokens, ["a large red square above a small red circle"])
     assert np.isnan(same_colour["colour"]["share"])  # skipped: the colours cannot tell the objects apart
+
+
+def test_a_diffuse_map_fails_the_mass_share_but_passes_own_object_when_denser_there():
+    """A word's map spread over a large background: under half its mass on its object, yet denser there than on
+    the other object: the literal measure says no, own_object_share says yes."""
+    caption = "a small red square above a small blue circle"
+    words = caption.split()
+    tokens = [["<|startoftext|>", *(w + "</w>" for w in words), "<|endoftext|>"]]
+    image = torch.zeros(1, 3, 16, 16)
+    image[0, :, 2:5, 2:5] = torch.tensor(PALETTE["red"])[:, None, None]
+    image[0, :, 10:13, 10:13] = torch.tensor(PALETTE["blue"])[:, None, None]
+    maps = torch.full((1, len(tokens[0]), 16, 16), 0.1)
+    maps[0, words.index("red") + 1, 2:5, 2:5] = 0.5
+    report = attention_in_objects(image, {0: maps}, tokens, [caption])
+    assert report["colour"]["share"] == 0.0 and report["colour"]["own_object_share"] == 0.5  # red yes, blue: a tie

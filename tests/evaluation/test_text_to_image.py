@@ -148,7 +148,7 @@ def test_evaluate_routes_a_text_to_image_recipe_and_write_card_writes_its_card(t
 
     report, picture = evaluate_t2i(StandIn(), num_samples=12, progress=False)
     seen = {}
-    monkeypatch.setattr(text_to_image, "evaluate_t2i", lambda folder, **kw: seen.update(kw) or (report, picture))
+    monkeypatch.setattr(text_to_image, "evaluate_t2i_card", lambda folder, **kw: seen.update(kw) or (report, picture))
     got, name, shown = evaluate(str(tmp_path / "shapes-t2i"), progress=False)
     assert got is report and name == "samples.png" and shown is picture and seen["num_samples"] == 512
     path = model_cards.write_card(str(tmp_path), "shapes-t2i", report, "a test machine")
@@ -156,3 +156,29 @@ def test_evaluate_routes_a_text_to_image_recipe_and_write_card_writes_its_card(t
     assert "| one shape | colour, shape and size right | 100.0% | 90% | True |" in card
     assert "relation right, among those" in card and "passes the bar: **True**" in card
     assert f"samples **{report['clip_score_samples']:.3f}**" in card
+
+
+def test_the_card_measurement_sweeps_the_guidance_scales_and_picks_the_one_meeting_most_bars(t2i_recipe, tmp_path):
+    from sdlearn.evaluation import model_cards
+    from sdlearn.evaluation.text_to_image import evaluate_t2i_card
+
+    class ScaleSensitive(StandIn):
+        """Draws the caption right only at guidance 5: the sweep must pick 5."""
+
+        def __call__(self, prompt, num_inference_steps, guidance_scale, generator, output_type, **kwargs):
+            self.wrong_colours = guidance_scale != 5.0
+            return super().__call__(prompt, num_inference_steps, guidance_scale, generator, output_type, **kwargs)
+
+    report, _ = evaluate_t2i_card(ScaleSensitive(), num_samples=12, scales=(3.0, 5.0, 7.5), num_attention_captions=0,
+                                  progress=False, clip_model=None)
+    assert report["guidance_scale"] == 5.0 and sorted(report["sweep"]) == ["3", "5", "7.5"]
+    assert report["sweep"]["3"]["groups"]["one_shape"]["right"] == 0.0 and report["passes_bar"]
+    report["attention_in_objects"] = {"captions": 4, "steps": [10, 49], **{k: {
+        "share": 0.25, "per_step": {10: 0.0, 49: 0.5}, "peak_share": 0.5, "own_object_share": 0.75, "words": 8}
+        for k in ("colour", "shape")}}
+    report["clip_score_samples"] = report["clip_score_real"] = 0.9
+    for g in report["groups"].values():
+        g["clip_score_samples"] = g["clip_score_real"] = 0.9
+    card = open(model_cards.write_card(str(tmp_path), "shapes-t2i", report, "a test machine")).read()
+    assert "| 5 | 100.0% | 100.0% | 100.0% | 100.0% | 4 of 4 |" in card and "| 3 | 0.0% |" in card
+    assert "| colour (8 words) | 25.0% | 0% / 50% | 50.0% | 75.0% |" in card
