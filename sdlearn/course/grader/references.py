@@ -94,7 +94,7 @@ REFERENCES.update({
 # Chapter 5: cross-attention (LDM eq. 3), classifier-free guidance, CLIP's loss, condition dropout.
 REFERENCES.update({
     "ch05.cross_attention": ("sdlearn.models.attention:AttnProcessor.__call__", "sdlearn.models.attention:AttentionStore.__call__",
-                             "sdlearn.models.attention:Attention.forward"),
+                             "sdlearn.models.attention:Attention.forward", "sdlearn.models.tiling:SlicedAttnProcessor.__call__"),
     "ch05.guidance": ("sdlearn.pipelines.ddpm:guided",),
     "ch05.clip_loss": ("sdlearn.training.contrastive:clip_loss", "sdlearn.training.contrastive:ContrastiveLoss.__call__"),
     "ch05.condition_dropout": ("sdlearn.training.losses:drop_condition", "sdlearn.training.losses:diffusion_loss"),
