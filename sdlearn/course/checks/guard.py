@@ -45,8 +45,7 @@ def unavailable_message(name: str) -> str:
 def library_message(name: str) -> str:
     return (f"your function calls {name}, a library function that computes this exercise's whole equation in one "
             "call. It is unavailable while this exercise is checked (and in the grader): compute the equation by "
-            "hand, step by step, with basic torch operations (matmul, softmax, exp, ...), as the expected formula "
-            "above says.")
+            "hand, step by step, with basic torch operations (matmul, softmax, exp, ...).")
 
 
 def _guard(original, name: str, message=unavailable_message):
