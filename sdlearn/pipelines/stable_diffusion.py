@@ -32,7 +32,8 @@ from ..models.safety_checker import StableDiffusionSafetyChecker
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..utils.files import atomic_write_json
 from .ddpm import SCHEDULER_CLASSES, guided, to_output_type
-from .pipeline_utils import DiffusionPipeline, component_class, component_entry, read_model_index
+from .pipeline_utils import (DIFFUSERS_LAYOUT_VERSION, DiffusionPipeline, component_class, component_entry,
+                             read_model_index)
 
 
 @dataclass
@@ -299,7 +300,8 @@ class StableDiffusionPipeline(DiffusionPipeline):
         """A folder per component plus model_index.json, diffusers' layout (diffusers' pipeline can load it)."""
         folder = os.fspath(folder)
         os.makedirs(folder, exist_ok=True)
-        index = {"_class_name": type(self).__name__, "requires_safety_checker": self.requires_safety_checker}
+        index = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_LAYOUT_VERSION,
+                 "requires_safety_checker": self.requires_safety_checker}
         for name, component in self.components.items():
             index[name] = component_entry(component)
             if component is not None:
