@@ -102,3 +102,19 @@ def test_the_shipped_shapes_t2i_draws_the_same_image_in_diffusers():
     expected = theirs(generator=torch.Generator().manual_seed(0), **kwargs).images
     got = ours(generator=torch.Generator().manual_seed(0), progress=False, **kwargs).images
     assert got.shape == (1, 64, 64, 3) and np.abs(got - expected).max() <= 1e-3
+
+
+def test_the_step_callback_sees_the_predicted_z0_and_decode_latents_is_the_decoder(sdlearn_folder):
+    """What chapter 7's per-step viewer reads: info["x0_pred"] is the scheduler's pred_original_sample (DDIM eq. 9 on
+    latents), and decode_latents(z) = D(z / scaling_factor), the images the pipeline returns."""
+    pipe = StableDiffusionPipeline.from_pretrained(sdlearn_folder)
+    seen = []
+    out = pipe("a red circle", num_inference_steps=3, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+               output_type="latent", progress=False, callback_on_step_end=lambda p, i, t, info: seen.append((t, info)))
+    assert len(seen) == 3
+    t, info = seen[1]
+    ab = pipe.scheduler.alphas_cumprod[int(t)]
+    x0 = (info["x_t"] - (1 - ab).sqrt() * info["model_output"]) / ab.sqrt()  # eq. 9, epsilon prediction
+    assert torch.allclose(info["x0_pred"], x0, atol=1e-5)
+    images = pipe.decode(out.images, "pt").images  # [0, 1]
+    assert torch.allclose(images, ((pipe.decode_latents(out.images) + 1) / 2).clamp(0, 1), atol=1e-6)
