@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-cases", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (img2img runs the last strength x steps)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=None, help="default: benchmarks/results/<model name>_edits.json")
     args = p.parse_args(argv)
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     out = args.out or str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}_edits.json")
     started = time.time()
     report, images = evaluate_edits(args.model, num_cases=args.num_cases, seed=args.seed, batch_size=args.batch_size,
-                                    sweep_cases=args.sweep_cases)
+                                    sweep_cases=args.sweep_cases, num_inference_steps=args.steps)
     report["command"] = "python scripts/evaluate_edits.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report["machine"] = f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch thread(s)"
     report["seconds_total"] = round(time.time() - started, 1)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sdlearn.data.shapes import HELD_OUT_PAIRS, ShapeSpec, parse_caption, relation, render, render_coverage
-from sdlearn.evaluation.edits import (EDIT_BAR, GRID_PX, INPAINT_BAR, MASK_PX, PSNR_CAP_DB, colour_edit_cases,
-                                      colour_edit_verdict, empty_boxes, evaluate_blended_inpainting,
+from sdlearn.evaluation.edits import (EDIT_BAR, GRID_PX, INPAINT_BAR, MASK_PX, PSNR_CAP_DB, SWEEP_STRENGTHS,
+                                      colour_edit_cases, colour_edit_verdict, empty_boxes, evaluate_blended_inpainting,
                                       evaluate_colour_edits, inpaint_cases, psnr_outside)
 from sdlearn.evaluation.shapes_checker import read_shapes
 
@@ -178,3 +178,40 @@ def test_blended_inpainting_that_leaves_the_hole_or_spoils_the_rest_misses_its_b
     nine = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=9)), vae=IdentityVAE())
     with pytest.raises(ValueError, match="4-channel"):
         evaluate_blended_inpainting(nine, num_cases=2)
+
+
+def test_the_script_measures_a_saved_pipeline_folder_end_to_end(tmp_path, make_tiny_sd):
+    """scripts/evaluate_edits.py on a tiny random pipeline of shapes-t2i's layout (64x64 images, f = 4): the plumbing,
+    not the figures (random weights draw no shapes)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from sdlearn.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+    from sdlearn.models.unet_2d_condition import UNet2DConditionConfig, UNet2DConditionModel
+    from sdlearn.pipelines import StableDiffusionPipeline
+    from sdlearn.schedulers import DDIMScheduler
+
+    text = make_tiny_sd("sd1")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(AutoencoderKLConfig.with_factor(4, (8, 8, 8), norm_num_groups=4, sample_size=64))
+    unet = UNet2DConditionModel(UNet2DConditionConfig(
+        sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4,
+        cross_attention_dim=32, attention_head_dim=2))
+    StableDiffusionPipeline(vae, text["text_encoder"], text["tokenizer"], unet, DDIMScheduler(steps_offset=1)
+                            ).save_pretrained(tmp_path / "tiny")
+    path = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_edits.py"
+    spec = importlib.util.spec_from_file_location("evaluate_edits", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "edits.json"
+    code = script.main([str(tmp_path / "tiny"), "--num-cases", "3", "--sweep-cases", "2", "--batch-size", "2",
+                        "--steps", "5", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert code == (0 if report["passes_bar"] else 1) and (tmp_path / "edits.png").is_file()
+    edit, inpaint = report["img2img_colour_edit"], report["blended_inpainting"]
+    assert edit["n"] == inpaint["n"] == 3 and edit["num_inference_steps"] == 5
+    assert [r["strength"] for r in edit["strength_sweep"]] == list(SWEEP_STRENGTHS)
+    assert 0 <= edit["right_share"] <= 1 and 0 <= inpaint["found_share"] <= 1 and inpaint["psnr_outside_db"] > 0
+    assert report["command"].startswith("python scripts/evaluate_edits.py")
