@@ -180,6 +180,7 @@ def test_blended_inpainting_that_leaves_the_hole_or_spoils_the_rest_misses_its_b
         evaluate_blended_inpainting(nine, num_cases=2)
 
 
+@pytest.mark.slow
 def test_the_script_measures_a_saved_pipeline_folder_end_to_end(tmp_path, make_tiny_sd):
     """scripts/evaluate_edits.py on a tiny random pipeline of shapes-t2i's layout (64x64 images, f = 4): the plumbing,
     not the figures (random weights draw no shapes)."""
