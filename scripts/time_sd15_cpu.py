@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="a tiny UNet and VAE: checks that the script runs")
+    p.add_argument("--note", default="", help="what else the machine was doing (recorded with the figures)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" /
                                         "sd15_cpu_timing.json"))
     args = p.parse_args(argv)
@@ -73,6 +74,7 @@ def main(argv=None) -> dict:
         "image_seconds": {str(n): round(n * step + decode, 1) for n in (20, 50)},
         "torch_threads": args.threads, "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s)",
+        "note": args.note,
         "command": "python scripts/time_sd15_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
