@@ -3,6 +3,7 @@
 - ``classifier``: the digit classifier that judges generated digits (confident share, per-class shares).
 - ``frechet``: the Frechet distance between feature sets (the distance behind FID).
 - ``shapes_checker``: reads shapes images back (colour, shape, size, position) to check what a caption asked for.
+- ``edits``: img2img colour edits and blended inpainting with a text-to-image shapes model, read back (chapter 7).
 - ``evaluate``: one entry point, ``evaluate(name)``, for every shipped model; ``model_cards``: their README.md.
 """
 

@@ -46,6 +46,14 @@ def flag_images(cos: torch.Tensor, thresholds: torch.Tensor, special_cos: torch.
     return flags
 
 
+def to_pil_images(images: torch.Tensor) -> list:
+    """Decoded images (B, 3, H, W) in [-1, 1] -> PIL images, what a CLIPImageProcessor (the feature extractor) takes."""
+    from PIL import Image
+
+    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    return [Image.fromarray(a) for a in arr]
+
+
 class StableDiffusionSafetyChecker(nn.Module):
     """CLIP vision tower + projection + concept embeddings and thresholds: which images show a concept."""
 
@@ -85,10 +93,7 @@ class StableDiffusionSafetyChecker(nn.Module):
         """(images, flags) for decoded images (B, 3, H, W) in [-1, 1]: flagged ones black when ``black_out``
         (default: the checker's ``black_out`` attribute)."""
         black_out = self.black_out if black_out is None else black_out
-        from PIL import Image
-
-        arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        pixels = feature_extractor([Image.fromarray(a) for a in arr], return_tensors="pt").pixel_values
+        pixels = feature_extractor(to_pil_images(images), return_tensors="pt").pixel_values
         flags = self(pixels.to(self.concept_embeds.device, self.visual_projection.weight.dtype))
         if black_out and any(flags):
             images = images.clone()

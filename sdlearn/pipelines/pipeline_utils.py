@@ -20,6 +20,9 @@ from ..utils.files import resolve_pretrained
 LIBRARIES = {"UNet2DModel": "diffusers", "UNet2DConditionModel": "diffusers", "AutoencoderKL": "diffusers",
              "CLIPTextModel": "transformers", "CLIPTokenizer": "transformers",
              "StableDiffusionSafetyChecker": "stable_diffusion", "CLIPImageProcessor": "transformers"}
+# model_index.json's "_diffusers_version": the diffusers release whose folder layout sdlearn writes. diffusers reads
+# the key when it loads a folder (its inpainting loader fails without it), so sdlearn's folders carry it.
+DIFFUSERS_LAYOUT_VERSION = "0.30.0"
 
 
 def component_entry(obj) -> list:

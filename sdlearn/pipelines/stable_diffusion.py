@@ -32,7 +32,8 @@ from ..models.safety_checker import StableDiffusionSafetyChecker
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..utils.files import atomic_write_json
 from .ddpm import SCHEDULER_CLASSES, guided, to_output_type
-from .pipeline_utils import DiffusionPipeline, component_class, component_entry, read_model_index
+from .pipeline_utils import (DIFFUSERS_LAYOUT_VERSION, DiffusionPipeline, component_class, component_entry,
+                             read_model_index)
 
 
 @dataclass
@@ -218,11 +219,15 @@ class StableDiffusionPipeline(DiffusionPipeline):
                 eps_null, eps_cond = eps.chunk(2)
                 eps = guided(eps_null, eps_cond, guidance_scale)
             x_t = latents
-            latents = self.scheduler.step(eps, t, latents, **kwargs).prev_sample
+            out = self.scheduler.step(eps, t, latents, **kwargs)
+            latents = out.prev_sample
             if blend is not None:
                 latents = blend(i, latents)
             if callback_on_step_end is not None:
-                callback_on_step_end(self, i, t, {"latents": latents, "x_t": x_t, "model_output": eps})
+                info = {"latents": latents, "x_t": x_t, "model_output": eps, "x_prev": latents}
+                if getattr(out, "pred_original_sample", None) is not None:
+                    info["x0_pred"] = out.pred_original_sample  # the step's estimate of z_0 (DDPM eq. 15)
+                callback_on_step_end(self, i, t, info)
         return latents
 
     def draw_latents(self, shape, generator, latents: torch.Tensor | None) -> torch.Tensor:
@@ -240,13 +245,18 @@ class StableDiffusionPipeline(DiffusionPipeline):
         return self.vae.config.scaling_factor * posterior.sample(generator)
 
     @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """D(z / scaling_factor): scaled latents (B, 4, h, w) -> images (B, 3, H, W) in about [-1, 1], float32."""
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str) -> StableDiffusionPipelineOutput:
         """z_0 -> images (D(z_0 / scaling_factor)), the safety checker's verdict, and the asked-for output type."""
         if output_type == "latent":
             return StableDiffusionPipelineOutput(images=latents, nsfw_content_detected=None)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
-        image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+        image = self.decode_latents(latents)
         flags = None
         if self.safety_checker is not None:
             image, flags = self.safety_checker.check(image, self.feature_extractor)
@@ -262,7 +272,8 @@ class StableDiffusionPipeline(DiffusionPipeline):
                  output_type: str = "pil", callback_on_step_end: Callable | None = None,
                  progress: bool = True) -> StableDiffusionPipelineOutput:
         """Images for ``prompt``. Guidance runs when ``guidance_scale`` > 1 (diffusers' convention).
-        ``callback_on_step_end(pipe, i, t, info)`` sees ``info["latents"]`` after every step."""
+        ``callback_on_step_end(pipe, i, t, info)`` sees ``info["latents"]`` after every step (and ``"x_t"``,
+        ``"model_output"``, and ``"x0_pred"`` where the scheduler's step gives one)."""
         f = self.vae_scale_factor
         height = height or self.unet.config.sample_size * f
         width = width or self.unet.config.sample_size * f
@@ -299,7 +310,8 @@ class StableDiffusionPipeline(DiffusionPipeline):
         """A folder per component plus model_index.json, diffusers' layout (diffusers' pipeline can load it)."""
         folder = os.fspath(folder)
         os.makedirs(folder, exist_ok=True)
-        index = {"_class_name": type(self).__name__, "requires_safety_checker": self.requires_safety_checker}
+        index = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_LAYOUT_VERSION,
+                 "requires_safety_checker": self.requires_safety_checker}
         for name, component in self.components.items():
             index[name] = component_entry(component)
             if component is not None:

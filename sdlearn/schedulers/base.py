@@ -47,6 +47,7 @@ class SchedulerMixinLite:
     """Config handling shared by the schedulers (a plain base class, not a diffusers-style mixin zoo)."""
 
     config_name = "scheduler_config.json"
+    order = 1  # step() calls per entry of the grid, diffusers' attribute (2 for its Heun); img2img starts at t_start * order
     # diffusers options this class does not implement, with the values that mean "off"; from_config refuses a
     # config that turns one on instead of silently sampling differently (e.g. {"use_karras_sigmas": (False, None)}).
     unsupported_options: dict[str, tuple] = {}

@@ -5,6 +5,7 @@
 - ``vae``: reconstructions, latent channels, PCA-to-RGB latents, the KL sweep (chapter 3).
 - ``latent``: the latent trajectory decoded step by step, the pixel-vs-latent cost (chapter 4).
 - ``samplers``: timestep grids, samplers side by side, the quality-against-steps table, inversion (chapter 6).
+- ``pipeline``: img2img strength sweeps, inpainting masks and results, the safety checker's flags (chapter 7).
 
 The pictures every chapter uses (``images`` and ``diffusion``) are importable from here: ``viz.show_images``.
 """
