@@ -58,9 +58,6 @@ class TrainConfig:
                              "e.g. python -m sdlearn train laptop-digits --max-minutes 20.")
         if self.schedule_clock not in ("steps", "time"):
             raise ValueError(f"schedule_clock must be 'steps' or 'time', got {self.schedule_clock!r}.")
-        if self.schedule_clock == "time" and self.budget_minutes is None:
-            raise ValueError("this recipe's learning-rate schedule runs over a time budget (schedule_clock='time'): "
-                             "give budget_minutes, e.g. python -m sdlearn train laptop-digits --max-minutes 20.")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ValueError(f"autocast must be 'auto', 'bf16' or 'off', got {self.autocast!r}.")
         if self.lr_schedule not in ("cosine", "constant"):
@@ -202,6 +199,9 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
             null_condition = num - 1
         if loss_fn is None and null_condition is None:
             raise ValueError("pass null_condition (the empty prompt's encoding) with text-embedding conditions.")
+    if config.schedule_clock == "time" and config.budget_minutes is None:
+        raise ValueError("this learning-rate schedule runs over a time budget (schedule_clock='time'): set "
+                         "budget_minutes, e.g. python -m sdlearn train laptop-digits --max-minutes 20.")
     dist = Distributed()  # one process, or this process's place among those accelerate launch started
     shard = (dist.rank, dist.world_size)
     dist.local_batch_size(config.batch_size)  # config.batch_size is the global batch: refused unless it divides
