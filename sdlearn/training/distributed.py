@@ -1,7 +1,9 @@
 """Data-parallel training with Hugging Face Accelerate: the same loop on one process or many.
 
-Launched as ``accelerate launch --num_processes N [--cpu] -m sdlearn train NAME ...`` (or torchrun), every
-process runs the whole loop; ``Distributed`` is the little it must know about the others:
+Launched as ``accelerate launch --multi_gpu --num_processes N -m sdlearn train NAME ...`` (or ``torchrun
+--nproc_per_node N -m sdlearn ...``), every process runs the whole loop. On a machine without a GPU the same command
+starts N CPU processes that talk over gloo (Accelerate 1.x's ``--cpu`` flag alone starts one process: leave it out).
+``Distributed`` is the little each process must know about the others:
 
 - the global batch of ``batch_size`` images is cut into N equal slices, one per process (``shard``): every
   process draws the same seeded permutation, so within an epoch no image is seen twice;
@@ -36,8 +38,9 @@ class Distributed:
         if launched_processes() > 1:
             from accelerate import Accelerator
 
-            # mixed precision comes from Accelerate's config (or --mixed_precision), as the launcher exports it
-            self.accelerator = Accelerator(mixed_precision=mixed_precision)
+            # mixed precision comes from Accelerate's config (or --mixed_precision), as the launcher exports it.
+            # Without a GPU the processes talk over gloo on the CPU: Accelerate has to be told (cpu=True).
+            self.accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
             self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
 
     @property
