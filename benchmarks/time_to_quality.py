@@ -128,11 +128,7 @@ class RecipeArm:
         model = UNet2DModel(self.unet_config)
         result = train(model, DDPMScheduler(**self.recipe.scheduler), self.images, self.config, run_dir=self.run_dir,
                        progress=False, max_seconds=max(0.0, seconds - self.seconds))
-        with open(os.path.join(self.run_dir, "latest.json")) as f:
-            latest = json.load(f)["checkpoint"]
-        with open(os.path.join(self.run_dir, latest, "state.json")) as f:
-            self.seconds = json.load(f)["train_seconds"]
-        self.steps, self.ema_model = result.step, result.ema_model
+        self.steps, self.seconds, self.ema_model = result.step, result.train_seconds, result.ema_model
 
     def sample(self, num_samples: int, seed: int, steps: int) -> torch.Tensor:
         export_model(self.recipe.name, self.ema_model, self.out)  # the folder `sdlearn export` writes

@@ -78,6 +78,7 @@ class TrainResult:
     ema_model: torch.nn.Module  # the EMA weights: sample with these
     losses: list[float] = field(default_factory=list)  # one per step, from step 0
     step: int = 0
+    train_seconds: float = 0.0  # wall-clock training time of the whole run, resumed runs included
 
 
 def learning_rate(step: int, cfg: TrainConfig, budget_fraction: float = 0.0) -> float:
@@ -287,7 +288,8 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
         print(f"{run_dir!r}: the budget of {config.budget_minutes:g} minutes is spent ({seconds_before / 60:.1f} "
               f"minutes trained, step {start}); nothing to do. Give a larger --max-minutes to train on.")
         model.eval()
-        return TrainResult(model=model, ema_model=ema.model if ema else None, losses=losses, step=start)
+        return TrainResult(model=model, ema_model=ema.model if ema else None, losses=losses, step=start,
+                           train_seconds=seconds_before)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps if budget is None else None,
                disable=not (progress and dist.is_main), desc="training")
     step = start
@@ -353,7 +355,8 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     if start < step:
         checkpoint(step, clock)
     model.eval()
-    return TrainResult(model=model, ema_model=ema.model if ema is not None else None, losses=losses, step=step)
+    return TrainResult(model=model, ema_model=ema.model if ema is not None else None, losses=losses, step=step,
+                       train_seconds=clock)
 
 
 def _stop_on_signals() -> tuple[list, object]:
