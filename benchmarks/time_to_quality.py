@@ -7,14 +7,16 @@ Arms, run one after the other in one process (same machine, same threads):
   batch 64, AdamW lr 1e-3 constant, clipping 1.0, EMA 0.999 with warm-up (diffusers' EMAModel), digits padded to
   32x32; sampled with diffusers' DDIMPipeline, 50 steps. diffusers comes with the test extra.
 - ``mnist-ddpm``: the shipped recipe, trained by sdlearn and cut by the clock (its cosine runs over 7,500 steps);
-  sampled with 50 DDIM steps (its folder's own sampler is 1,000 DDPM steps).
+  sampled with its folder's own DDPMScheduler on a 50-step chain.
 - ``laptop``: ``python -m sdlearn train laptop-digits --max-minutes LAST_MARK``, i.e. its cosine runs over the
   last mark; earlier marks are snapshots of that run. Sampled as the interface promises:
   ``DiffusionPipeline.from_pretrained(exported)(batch_size=N, num_inference_steps=50, generator=g)``.
 
 At each mark (minutes of training; sampling and measuring stop the clock) the EMA weights draw ``--num-samples``
 digits with 50 steps, read by the project's classifier (sdlearn.evaluation.classifier): the share classified with
-confidence >= 0.9, each digit's share of those, and the Frechet distance to the 500 held-out digits.
+confidence >= 0.9, each digit's share of those, and the Frechet distance to the 500 held-out digits. Each arm is
+also measured with the other kind of 50-step sampler (``other_sampler``: DDPM-type for the peer, DDIM eta 0 for the
+recipes), so that a difference between arms can be told apart from a difference between samplers.
 
     python benchmarks/time_to_quality.py --arms peer,laptop --marks 5,10,20 --threads 2
     python benchmarks/time_to_quality.py --tiny      # seconds: tiny nets, marks of a few seconds (the test)
@@ -93,12 +95,17 @@ class PeerArm:
             self.steps += 1
             self.seconds += time.perf_counter() - started
 
-    def sample(self, num_samples: int, seed: int, steps: int) -> torch.Tensor:
-        from diffusers import DDIMPipeline, DDIMScheduler as DiffusersDDIM
+    def sample(self, num_samples: int, seed: int, steps: int, other: bool = False) -> torch.Tensor:
+        """Its own sampler, 50 DDIM steps (BASELINES.md); ``other``: diffusers' DDPMPipeline on a 50-step chain."""
+        from diffusers import DDIMPipeline, DDPMPipeline
+        from diffusers import DDIMScheduler as DiffusersDDIM
 
         unet = type(self.unet).from_config(self.unet.config)
         self.ema.copy_to(unet.parameters())
-        pipe = DDIMPipeline(unet=unet.eval(), scheduler=DiffusersDDIM.from_config(self.scheduler.config))
+        if other:
+            pipe = DDPMPipeline(unet=unet.eval(), scheduler=type(self.scheduler).from_config(self.scheduler.config))
+        else:
+            pipe = DDIMPipeline(unet=unet.eval(), scheduler=DiffusersDDIM.from_config(self.scheduler.config))
         pipe.set_progress_bar_config(disable=True)
         images = pipe(batch_size=num_samples, generator=torch.Generator().manual_seed(seed),
                       num_inference_steps=steps, output_type="np").images  # (N, H, W, 1) in [0, 1]
@@ -109,7 +116,7 @@ class RecipeArm:
     """An sdlearn recipe trained by ``sdlearn.training.train`` in a run folder, paused at each mark (a resumed run
     continues exactly where it stopped), exported as the CLI exports it, and sampled through its pipeline folder."""
 
-    def __init__(self, name: str, recipe: str, budget_minutes: float, tiny: bool, work: str, ddim: bool = False):
+    def __init__(self, name: str, recipe: str, budget_minutes: float, tiny: bool, work: str):
         self.name, self.recipe = name, get_recipe(recipe)
         self.unet_config = self.recipe.unet
         if tiny:
@@ -120,7 +127,6 @@ class RecipeArm:
                                           warmup_steps=2 if tiny else self.recipe.train.warmup_steps)
         self.images = training_images(self.recipe.data)
         self.run_dir, self.out = os.path.join(work, name, "run"), os.path.join(work, name, "export")
-        self.ddim = ddim  # sample with 50 DDIM steps instead of the folder's scheduler
         self.steps, self.seconds, self.ema_model = 0, 0.0, None
 
     def train_until(self, seconds: float) -> None:
@@ -130,14 +136,17 @@ class RecipeArm:
                        progress=False, max_seconds=max(0.0, seconds - self.seconds))
         self.steps, self.seconds, self.ema_model = result.step, result.train_seconds, result.ema_model
 
-    def sample(self, num_samples: int, seed: int, steps: int) -> torch.Tensor:
+    def sample(self, num_samples: int, seed: int, steps: int, other: bool = False) -> torch.Tensor:
+        """The folder's own sampler at default arguments; ``other``: DDIM, eta 0, stepping with the clipped x_0."""
         export_model(self.recipe.name, self.ema_model, self.out)  # the folder `sdlearn export` writes
         pipe = DiffusionPipeline.from_pretrained(self.out)
-        if self.ddim:
-            pipe.scheduler = DDIMScheduler.from_config({**dict(DDPMScheduler(**self.recipe.scheduler).config),
-                                                        "set_alpha_to_one": False, "steps_offset": 1})
+        extra = {}
+        if other:
+            pipe.scheduler = DDIMScheduler.from_config({**dict(pipe.scheduler.config), "set_alpha_to_one": False,
+                                                        "steps_offset": 1})
+            extra = {"eta": 0.0, "use_clipped_model_output": True}
         images = pipe(batch_size=num_samples, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-                      output_type="np", progress=False).images  # (N, H, W, 1) in [0, 1]
+                      output_type="np", progress=False, **extra).images  # (N, H, W, 1) in [0, 1]
         return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
 
 
@@ -145,7 +154,7 @@ def make_arm(name: str, budget_minutes: float, tiny: bool, work: str):
     if name == "peer":
         return PeerArm(tiny)
     if name == "mnist-ddpm":
-        return RecipeArm(name, "mnist-ddpm", budget_minutes, tiny, work, ddim=True)
+        return RecipeArm(name, "mnist-ddpm", budget_minutes, tiny, work)
     if name == "laptop":
         return RecipeArm(name, "laptop-digits", budget_minutes, tiny, work)
     raise ValueError(f"unknown arm {name!r}; arms: peer, mnist-ddpm, laptop.")
@@ -174,8 +183,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 LABELS = {"peer": "diffusers example recipe, UNet2DModel 2.73 M, DDIM 50",
-          "mnist-ddpm": "shipped mnist-ddpm recipe, DDIM 50",
-          "laptop": "laptop-digits, its folder's DDIM 50"}
+          "mnist-ddpm": "shipped mnist-ddpm recipe, DDPM 50",
+          "laptop": "laptop-digits, DDPM 50"}
 
 
 def main(argv=None) -> dict:
@@ -216,11 +225,15 @@ def main(argv=None) -> dict:
             started = time.perf_counter()
             samples = arm.sample(num_samples, args.seed, steps)
             report = digit_report(samples, classifier, reference)
+            sampling_seconds = round(time.perf_counter() - started, 1)
+            other = digit_report(arm.sample(num_samples, args.seed, steps, other=True), classifier, reference)
             entry["marks"].append({"minutes": minutes, "train_seconds": round(arm.seconds, 1), "steps": arm.steps,
-                                   **report, "sampling_seconds": round(time.perf_counter() - started, 1)})
+                                   **report, "sampling_seconds": sampling_seconds,
+                                   "other_sampler": {k: other[k] for k in ("confident_share", "min_class_share",
+                                                                           "frechet_distance")}})
             print(f"{name:>10} {minutes:5g} min: step {arm.steps:6d}, confident {report['confident_share']:.1%}, "
-                  f"smallest class {report['min_class_share']:.1%}, Frechet {report['frechet_distance']:.1f}",
-                  flush=True)
+                  f"smallest class {report['min_class_share']:.1%}, Frechet {report['frechet_distance']:.1f} "
+                  f"(other sampler: {other['confident_share']:.1%})", flush=True)
             out.write_text(json.dumps(results, indent=2))  # after every mark: a cut run keeps what it measured
         if not args.tiny:
             from sdlearn.viz.images import show_images

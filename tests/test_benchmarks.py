@@ -54,6 +54,7 @@ def test_time_to_quality_tiny(tmp_path):
         for m in marks:
             assert m["train_seconds"] >= m["minutes"] * 60 and 0 <= m["confident_share"] <= 1
             assert len(m["class_shares_among_confident"]) == 10 and m["frechet_distance"] > 0
+            assert 0 <= m["other_sampler"]["confident_share"] <= 1
     # the laptop arm resumed its run folder at each mark and exported what `sdlearn export` writes
     assert (tmp_path / "runs" / "laptop" / "export" / "model_index.json").is_file()
     assert (tmp_path / "ttq.png").stat().st_size > 1000

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .losses import diffusion_loss
 from .checkpoint import load_training_checkpoint, save_training_checkpoint
 from .distributed import Distributed
+from .losses import diffusion_loss
 
 
 @dataclass(frozen=True)

@@ -78,12 +78,10 @@ RECIPES = {
                           min_snr_gamma=5.0, seed=0, checkpoint_every=500, schedule_clock="time",
                           autocast="bf16"),
         data="digits-28",
-        # sampled with 50 DDIM steps (eta 0, x_0 clipped to [-1, 1]): the figures are measured at default call
-        # arguments, pipe(batch_size=N, num_inference_steps=50)
-        sampling_scheduler=("DDIMScheduler", dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
-                                                  beta_end=0.02, prediction_type="epsilon", clip_sample=True,
-                                                  set_alpha_to_one=False, steps_offset=1,
-                                                  timestep_spacing="leading")),
+        # Sampled by the training DDPMScheduler itself on a 50-step strided chain (ancestral, x_0 clipped): on
+        # mnist-ddpm, 50 stochastic steps score a higher confident share than 50 deterministic DDIM steps
+        # (sampler_quality.json: DDIM eta 1 / 0.5 / 0 at 50 steps 94.9% / 95.3% / 90.6%). The folder's scheduler is
+        # that one, so pipe(batch_size=N, num_inference_steps=50) with no other argument is what was measured.
         fast_train=TrainConfig(steps=30, batch_size=32, warmup_steps=5, autocast="bf16"),
     ),
 }

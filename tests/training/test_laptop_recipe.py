@@ -29,10 +29,20 @@ def test_laptop_recipe_config():
     assert t.schedule_clock == "time" and t.budget_minutes is None  # the budget is the command's --max-minutes
     assert t.autocast == "bf16" and t.loss_weighting == "min_snr" and t.lr_schedule == "cosine"
     assert t.batch_size % 2 == 0  # two processes under accelerate launch take equal slices
-    kind, kwargs = recipe.sampling_scheduler
-    assert kind == "DDIMScheduler" and kwargs["clip_sample"] and kwargs["prediction_type"] == "epsilon"
-    for key in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type"):
-        assert kwargs[key] == recipe.scheduler[key]  # the sampler's noise tables are the training ones
+    assert recipe.sampling_scheduler is None  # the folder samples with the training DDPMScheduler (50 steps)
+    assert recipe.scheduler["clip_sample"] and recipe.scheduler["variance_type"] == "fixed_small"
+
+
+def test_exported_folder_samples_28x28_digits_with_default_arguments(tmp_path):
+    from sdlearn.pipelines import DiffusionPipeline
+    from sdlearn.training.shipping import export_model
+
+    torch.manual_seed(0)
+    export_model("laptop-digits", UNet2DModel(get_recipe("laptop-digits").unet), str(tmp_path / "f"))
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "f")
+    assert type(pipe.scheduler).__name__ == "DDPMScheduler" and pipe.scheduler.config.clip_sample
+    out = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (2, 28, 28, 1)
 
 
 def test_time_schedule_decays_over_the_budget_fraction():
@@ -79,7 +89,8 @@ def test_a_resumed_run_trains_for_what_is_left_of_the_budget(tmp_path, tiny_unet
     assert second.step > first.step and 1.2 <= state["train_seconds"] < 3.0
     assert run().step == second.step  # the budget is spent: nothing more is trained
     longer = dataclasses.replace(cfg, budget_minutes=0.03)
+    torch.manual_seed(0)
+    model = UNet2DModel(tiny_unet_config)
     with pytest.warns(UserWarning, match="budget"):
-        torch.manual_seed(0)
-        more = train(UNet2DModel(tiny_unet_config), DDPMScheduler(), images, longer, run_dir=tmp_path, progress=False)
+        more = train(model, DDPMScheduler(), images, longer, run_dir=tmp_path, progress=False)
     assert more.step > second.step
