@@ -57,7 +57,7 @@ class PeerArm:
 
     name = "peer"
 
-    def __init__(self, tiny: bool, seed: int = 0):
+    def __init__(self, tiny: bool, device: torch.device, seed: int = 0):
         from diffusers import DDPMScheduler as DiffusersDDPM
         from diffusers import UNet2DModel as DiffusersUNet
         from diffusers.training_utils import EMAModel
@@ -68,6 +68,8 @@ class PeerArm:
                                   down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                                   up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
                                   attention_head_dim=8 if tiny else 32, norm_num_groups=8)
+        self.unet.to(device)
+        self.device = device
         self.scheduler = DiffusersDDPM(num_train_timesteps=1000, beta_schedule="linear")
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-3, betas=(0.95, 0.999), weight_decay=1e-6,
                                            eps=1e-8)
@@ -86,12 +88,15 @@ class PeerArm:
             x0 = self.images[index]
             eps = torch.randn(x0.shape, generator=self.generator)
             t = torch.randint(0, 1000, (self.batch_size,), generator=self.generator)
+            x0, eps, t = x0.to(self.device), eps.to(self.device), t.to(self.device)
             loss = torch.nn.functional.mse_loss(self.unet(self.scheduler.add_noise(x0, eps, t), t).sample, eps)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
             self.optimizer.step()
             self.ema.step(self.unet.parameters())
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # the clock reads finished work
             self.steps += 1
             self.seconds += time.perf_counter() - started
 
@@ -106,6 +111,7 @@ class PeerArm:
             pipe = DDPMPipeline(unet=unet.eval(), scheduler=type(self.scheduler).from_config(self.scheduler.config))
         else:
             pipe = DDIMPipeline(unet=unet.eval(), scheduler=DiffusersDDIM.from_config(self.scheduler.config))
+        pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         images = pipe(batch_size=num_samples, generator=torch.Generator().manual_seed(seed),
                       num_inference_steps=steps, output_type="np").images  # (N, H, W, 1) in [0, 1]
@@ -116,7 +122,7 @@ class RecipeArm:
     """An sdlearn recipe trained by ``sdlearn.training.train`` in a run folder, paused at each mark (a resumed run
     continues exactly where it stopped), exported as the CLI exports it, and sampled through its pipeline folder."""
 
-    def __init__(self, name: str, recipe: str, budget_minutes: float, tiny: bool, work: str):
+    def __init__(self, name: str, recipe: str, budget_minutes: float, tiny: bool, work: str, device: torch.device):
         self.name, self.recipe = name, get_recipe(recipe)
         self.unet_config = self.recipe.unet
         if tiny:
@@ -127,11 +133,12 @@ class RecipeArm:
                                           warmup_steps=2 if tiny else self.recipe.train.warmup_steps)
         self.images = training_images(self.recipe.data)
         self.run_dir, self.out = os.path.join(work, name, "run"), os.path.join(work, name, "export")
+        self.device = device
         self.steps, self.seconds, self.ema_model = 0, 0.0, None
 
     def train_until(self, seconds: float) -> None:
         torch.manual_seed(self.config.seed)  # as train_recipe: the initial weights (then the checkpoint's)
-        model = UNet2DModel(self.unet_config)
+        model = UNet2DModel(self.unet_config).to(self.device)
         result = train(model, DDPMScheduler(**self.recipe.scheduler), self.images, self.config, run_dir=self.run_dir,
                        progress=False, max_seconds=max(0.0, seconds - self.seconds))
         self.steps, self.seconds, self.ema_model = result.step, result.train_seconds, result.ema_model
@@ -139,7 +146,7 @@ class RecipeArm:
     def sample(self, num_samples: int, seed: int, steps: int, other: bool = False) -> torch.Tensor:
         """The folder's own sampler at default arguments; ``other``: DDIM, eta 0, stepping with the clipped x_0."""
         export_model(self.recipe.name, self.ema_model, self.out)  # the folder `sdlearn export` writes
-        pipe = DiffusionPipeline.from_pretrained(self.out)
+        pipe = DiffusionPipeline.from_pretrained(self.out).to(self.device)
         extra = {}
         if other:
             pipe.scheduler = DDIMScheduler.from_config({**dict(pipe.scheduler.config), "set_alpha_to_one": False,
@@ -150,13 +157,13 @@ class RecipeArm:
         return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
 
 
-def make_arm(name: str, budget_minutes: float, tiny: bool, work: str):
+def make_arm(name: str, budget_minutes: float, tiny: bool, work: str, device: torch.device):
     if name == "peer":
-        return PeerArm(tiny)
+        return PeerArm(tiny, device)
     if name == "mnist-ddpm":
-        return RecipeArm(name, "mnist-ddpm", budget_minutes, tiny, work)
+        return RecipeArm(name, "mnist-ddpm", budget_minutes, tiny, work, device)
     if name == "laptop":
-        return RecipeArm(name, "laptop-digits", budget_minutes, tiny, work)
+        return RecipeArm(name, "laptop-digits", budget_minutes, tiny, work, device)
     raise ValueError(f"unknown arm {name!r}; arms: peer, mnist-ddpm, laptop.")
 
 
@@ -192,6 +199,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--arms", default="peer,mnist-ddpm,laptop", help="comma-separated: peer, mnist-ddpm, laptop")
     parser.add_argument("--marks", default="5,10,20,40", help="training minutes at which to measure, ascending")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (the benchmark's machine), or cuda for gpu-check")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--out", default=str(RESULTS / "time_to_quality.json"), help="JSON; the plot goes beside it")
@@ -201,6 +209,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     marks = [float(m) for m in args.marks.split(",")]
     num_samples, steps = args.num_samples, SAMPLING_STEPS
     if args.tiny:
@@ -213,11 +222,11 @@ def main(argv=None) -> dict:
     results = {"command": "python benchmarks/time_to_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "threads": torch.get_num_threads(), "num_samples": num_samples, "sampling_steps": steps,
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "torch": torch.__version__,
-               "tiny": args.tiny, "marks_minutes": marks, "arms": {}}
+               "device": str(device), "tiny": args.tiny, "marks_minutes": marks, "arms": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.arms.split(","):
-        arm = make_arm(name, marks[-1], args.tiny, work)
+        arm = make_arm(name, marks[-1], args.tiny, work, device)
         entry = {"label": LABELS[name], "marks": []}
         results["arms"][name] = entry
         for minutes in marks:
