@@ -180,6 +180,9 @@ def cmd_gpu_check(args) -> int:
         "sampler_quality.py": ["--out", os.path.join(out, "sampler_quality.json"), "--seeds", "1", "--no-progress"],
         "pixel_vs_latent.py": ["--out", os.path.join(out, "pixel_vs_latent.json"), "--arms", "pixel,latent f=4",
                                "--budget", "60"],
+        # the three arms at GPU budgets (15, 30, 60 s of training each; the CPU figures are 5, 10, 20 minutes)
+        "time_to_quality.py": ["--out", os.path.join(out, "time_to_quality.json"), "--marks", "0.25,0.5,1",
+                               "--device", "cuda" if torch.cuda.is_available() else "cpu", "--threads", "4"],
     }
     for script in sorted(glob.glob(os.path.join(args.benchmarks, "*.py"))):
         extra = script_args.get(os.path.basename(script), [])
