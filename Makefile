@@ -7,6 +7,8 @@
 #   make lab         JupyterLab in chapters/ (student copies: make lab ARGS=build/student)
 #   make exercises   student copies of the chapters (solutions removed) -> build/student/
 #   make gpu-check   on a CUDA machine: benchmarks and every chapter in full mode, with times
+#                    (with a .whl/ folder: on a machine without a network, with its own python3; see gpu-wheels)
+#   make gpu-wheels  here, with a network: the wheels gpu-check needs on such a machine -> .whl/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,7 +24,7 @@ TORCH_GPU ?= torch
 
 ARGS ?=
 
-.PHONY: help venv course test lab exercises gpu-check clean distclean
+.PHONY: help venv course test lab exercises gpu-check gpu-wheels clean distclean
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
@@ -53,8 +55,22 @@ lab: venv
 exercises: venv
 	$(PY) -m sdlearn exercises $(ARGS)
 
-gpu-check: venv
-	$(PY) -m sdlearn gpu-check $(ARGS)
+# The lent GPU machine has no network and its own python3 (torch, transformers, accelerate, safetensors, matplotlib)
+# but not diffusers, mlxtend or the notebook runners: with .whl/ present (make gpu-wheels, then carry .whl), they are
+# installed from it into /tmp/sdlearn-site and that python3 runs the check; without .whl/, the venv does.
+GPU_SITE ?= /tmp/sdlearn-site
+gpu-check:
+	@if [ -d .whl ]; then \
+	  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl \
+	  && PYTHONPATH=$(GPU_SITE):$$PWD PYTHONUNBUFFERED=1 python3 -m sdlearn gpu-check $(ARGS); \
+	else $(MAKE) venv && $(PY) -m sdlearn gpu-check $(ARGS); fi
+
+# cp312 manylinux wheels of scripts/gpu_wheels.txt (the GPU machine's python is 3.12), no dependencies resolved: the
+# list names every package that machine lacks.
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl -r scripts/gpu_wheels.txt
 
 clean:
 	rm -rf build

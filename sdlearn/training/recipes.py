@@ -33,6 +33,9 @@ class Recipe:
     # so the learning rate jumps up to that schedule's value at the current step and decays to its minimum at N
     # (a warm restart). The model card lists the commands.
     continued_to: tuple[int, ...] = ()
+    # The scheduler the exported folder carries, when sampling should not use the training DDPMScheduler:
+    # (class name, keyword arguments); its figures are measured with it at default call arguments.
+    sampling_scheduler: tuple[str, dict] | None = None
 
 
 RECIPES = {
@@ -53,6 +56,33 @@ RECIPES = {
         # Shipped at 20,000 steps: two warm restarts after the 7,500-step recipe. The deterministic samplers of
         # chapter 6 gained the most (DDIM with 50 steps: Frechet 55.9 -> 41.3, 3 seeds; sampler_quality.json).
         continued_to=(14000, 20000),
+    ),
+    "laptop-digits": Recipe(
+        name="laptop-digits",
+        # Train-it-yourself on a CPU in 20 minutes (issue 16; the ablations are in benchmarks/results/). What
+        # buys quality in a fixed time is steps per second, so: MNIST's own 28x28 (28 -> 14 -> 7, no padding to
+        # 32: 1.4x faster per step), bf16 autocast (1.7x faster on an AVX512-BF16 CPU; channels_last measured
+        # slower with it), 1.1 M parameters (mnist-ddpm's blocks with 64 channels at the lowest level), attention
+        # only at 7x7 and in the middle.
+        unet=UNetConfig(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
+                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
+                        attention_head_dim=32, norm_num_groups=8),
+        scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                       prediction_type="epsilon", variance_type="fixed_small", clip_sample=True),
+        # The budget is the run's: `--max-minutes 20`. Warm-up for 100 steps, then cosine decay over the elapsed
+        # fraction of the budget (the number of steps it buys depends on the machine); min-SNR-5 (Hang et al.
+        # 2023), a short EMA for a short run.
+        train=TrainConfig(steps=10_000_000, batch_size=128, lr=2e-3, warmup_steps=100, lr_schedule="cosine",
+                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.995, loss_weighting="min_snr",
+                          min_snr_gamma=5.0, seed=0, checkpoint_every=500, schedule_clock="time",
+                          autocast="bf16"),
+        data="digits-28",
+        # Sampled by the training DDPMScheduler itself on a 50-step strided chain (ancestral, x_0 clipped): on
+        # mnist-ddpm, 50 stochastic steps score a higher confident share than 50 deterministic DDIM steps
+        # (sampler_quality.json: DDIM eta 1 / 0.5 / 0 at 50 steps 94.9% / 95.3% / 90.6%). The folder's scheduler is
+        # that one, so pipe(batch_size=N, num_inference_steps=50) with no other argument is what was measured.
+        fast_train=TrainConfig(steps=30, batch_size=32, warmup_steps=5, autocast="bf16"),
     ),
 }
 
@@ -267,11 +297,13 @@ def training_images(data: str):
 
     if data == "digits":
         return load_digits("train").images
+    if data == "digits-28":  # MNIST's own 28x28, unpadded: 23% fewer pixels than 32x32
+        return load_digits("train", size=28).images
     if data == "shapes":
         from ..data import load_shapes
 
         return load_shapes("train").images
-    raise ValueError(f"unknown data set {data!r}; sdlearn has 'digits' and 'shapes'.")
+    raise ValueError(f"unknown data set {data!r}; sdlearn has 'digits', 'digits-28' and 'shapes'.")
 
 
 def get_recipe(name: str) -> Recipe | VAERecipe | LatentRecipe | ClipRecipe:
