@@ -2,7 +2,7 @@
 
 Arms, run one after the other in one process (same machine, same threads):
 
-- ``peer``: the diffusers-example digits recipe (the peer figures the project measured on this machine class: 65.5% confident after 20 CPU minutes), rebuilt with diffusers itself: UNet2DModel
+- ``peer``: the diffusers-example recipe behind the project's peer figures, rebuilt with diffusers itself: UNet2DModel
   (blocks 32/64/128, attention at 8x8, GroupNorm 8; 2.73 M parameters), DDPMScheduler (linear, T = 1000, epsilon),
   batch 64, AdamW lr 1e-3 constant, clipping 1.0, EMA 0.999 with warm-up (diffusers' EMAModel), digits padded to
   32x32; sampled with diffusers' DDIMPipeline, 50 steps. diffusers comes with the test extra.
@@ -53,7 +53,7 @@ TINY_CHANNELS = (8, 16, 16)
 
 
 class PeerArm:
-    """The diffusers example's recipe (the project's peer figures): its own UNet, scheduler, EMA and DDIM pipeline."""
+    """The diffusers example's recipe (the peer figures): its own UNet, scheduler, EMA and DDIM pipeline."""
 
     name = "peer"
 
@@ -101,7 +101,7 @@ class PeerArm:
             self.seconds += time.perf_counter() - started
 
     def sample(self, num_samples: int, seed: int, steps: int, other: bool = False) -> torch.Tensor:
-        """Its own sampler, 50 DDIM steps (as the peer measured it); ``other``: diffusers' DDPMPipeline on a 50-step chain."""
+        """Its own sampler, 50 DDIM steps (as the peer figures were judged); ``other``: diffusers' DDPMPipeline on a 50-step chain."""
         from diffusers import DDIMPipeline, DDPMPipeline
         from diffusers import DDIMScheduler as DiffusersDDIM
 

@@ -4,7 +4,7 @@
     python scripts/laptop_step_speed.py probe px28_bf16  # some of them
 
 Batch 128, min-SNR diffusion loss, AdamW; the variants run interleaved (A, B, C, A, B, C, ...) in one process so that
-machine load hits all alike; prints the median of 6 steps after 2 warm-up rounds. "probe" is the peer figures' tuned
+machine load hits all alike; prints the median of 6 steps after 2 warm-up rounds. "probe" is the peers' tuned
 probe (1.1 M parameters, 32/64/64 at 32x32, fp32); laptop-digits is "px28_bf16".
 """
 

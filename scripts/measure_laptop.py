@@ -2,7 +2,7 @@
 
     python -m sdlearn train laptop-digits --run-dir R --max-minutes 20 --threads 2
     python -m sdlearn export laptop-digits --run-dir R --out F
-    python scripts/measure_laptop.py F --threads 2 --out benchmarks/results/laptop-digits_20min_contended.json
+    python scripts/measure_laptop.py F --threads 2 --out laptop-digits.json
 
 The samples come from ``DiffusionPipeline.from_pretrained(F)(batch_size=256, num_inference_steps=50,
 generator=torch.Generator().manual_seed(seed), output_type="np")`` with no other argument; the project's classifier
