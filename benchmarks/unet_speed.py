@@ -6,15 +6,26 @@ in machine load hits both alike. Prints the median time of each and the median o
 (sdlearn / diffusers: below 1.0 means sdlearn is faster).
 
     python benchmarks/unet_speed.py [--batch 64] [--repeats 15] [--device cpu]
+    python benchmarks/unet_speed.py --autocast bf16           # both under torch.autocast(bfloat16)
+    python benchmarks/unet_speed.py --channels-last           # both models and the batch in channels_last memory
+    python benchmarks/unet_speed.py --recipe laptop-digits    # another recipe's UNet (the laptop's 28x28 net)
+
+``--autocast`` and ``--channels-last`` change both arms alike, so each ratio compares the two implementations under
+the same setting; the medians also say what the setting itself buys against the plain float32 run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sdlearn.device import get_device
 from sdlearn.training.recipes import get_recipe
@@ -32,12 +43,15 @@ def diffusers_twin(cfg):
     )
 
 
-def train_step(model, optimizer, x_t, t, eps, is_diffusers: bool) -> float:
+def train_step(model, optimizer, x_t, t, eps, is_diffusers: bool, autocast: str = "off") -> float:
     if x_t.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = model(x_t, t).sample if is_diffusers else model(x_t, t)
-    loss = torch.nn.functional.mse_loss(out, eps)
+    context = (torch.autocast(x_t.device.type, dtype=torch.bfloat16) if autocast == "bf16"
+               else contextlib.nullcontext())
+    with context:
+        out = model(x_t, t).sample if is_diffusers else model(x_t, t)
+    loss = torch.nn.functional.mse_loss(out.float(), eps)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -53,7 +67,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--autocast", choices=("off", "bf16"), default="off",
+                        help="bf16: forward passes under torch.autocast(bfloat16), as TrainConfig(autocast='bf16')")
+    parser.add_argument("--channels-last", action="store_true", help="models and batch in channels_last memory")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = get_device(args.device)
     cfg = get_recipe(args.recipe).unet
@@ -66,18 +86,22 @@ def main(argv=None) -> dict:
     x_t = torch.randn(shape, generator=g).to(device)
     eps = torch.randn(shape, generator=g).to(device)
     t = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
+    if args.channels_last:
+        ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+        x_t, eps = x_t.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("ours", ours), ("theirs", theirs))}
 
     times = {"ours": [], "theirs": []}
     for i in range(args.warmup + args.repeats):
         order = [("ours", ours), ("theirs", theirs)] if i % 2 == 0 else [("theirs", theirs), ("ours", ours)]
         for name, model in order:
-            dt = train_step(model, opts[name], x_t, t, eps, name == "theirs")
+            dt = train_step(model, opts[name], x_t, t, eps, name == "theirs", args.autocast)
             if i >= args.warmup:
                 times[name].append(dt)
     ratios = [a / b for a, b in zip(times["ours"], times["theirs"])]
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch, "recipe": args.recipe,
+        "autocast": args.autocast, "channels_last": args.channels_last,
         "params_millions": round(sum(p.numel() for p in ours.parameters()) / 1e6, 3),
         "sdlearn_median_s": round(statistics.median(times["ours"]), 4),
         "diffusers_median_s": round(statistics.median(times["theirs"]), 4),

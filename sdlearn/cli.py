@@ -237,6 +237,10 @@ def cmd_evaluate(args) -> int:
         elif "per_class" in report:
             title = (f"{name}: 8 of each digit, guidance {report['guidance_scale']:g}, "
                      f"{report['num_inference_steps']} steps")
+        elif "picture_rows" in report:  # text to image: rows from each group of captions, top to bottom
+            rows = ", ".join(f"{8 * n} {group.replace('_', '-')}" for group, n in report["picture_rows"].items())
+            title = (f"{name}: samples of test captions ({rows}), guidance {report['guidance_scale']:g}, "
+                     f"{report['num_inference_steps']} steps")
         else:
             title = f"{name}: 64 of {args.num_samples} samples"
         if picture is not None:  # shapes-clip has figures only

@@ -58,3 +58,45 @@ def test_time_to_quality_tiny(tmp_path):
     # the laptop arm resumed its run folder at each mark and exported what `sdlearn export` writes
     assert (tmp_path / "runs" / "laptop" / "export" / "model_index.json").is_file()
     assert (tmp_path / "ttq.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("extra", [[], ["--autocast", "bf16", "--channels-last"]])
+def test_unet_speed_runs_in_every_setting(extra, capsys):
+    """benchmarks/unet_speed.py on the laptop recipe's UNet, batch 2, one timed pair: both arms time a step."""
+    pytest.importorskip("diffusers")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unet_speed", ROOT / "benchmarks" / "unet_speed.py")
+    unet_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unet_speed)
+    result = unet_speed.main(["--recipe", "laptop-digits", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                              "--device", "cpu", *extra])
+    assert result["sdlearn_median_s"] > 0 and result["diffusers_median_s"] > 0 and result["median_ratio"] > 0
+    assert result["autocast"] == ("bf16" if extra else "off") and result["channels_last"] == bool(extra)
+    assert "median_ratio" in capsys.readouterr().out
+
+
+def test_laptop_sampler_ablation_scores_every_variant(tmp_path):
+    """scripts/laptop_sampler_ablation.py on a tiny random laptop-shaped folder: every variant draws and is read."""
+    import dataclasses
+    import importlib.util
+
+    from sdlearn.models.unet_2d import UNet2DModel
+    from sdlearn.training.recipes import get_recipe
+    from sdlearn.training.shipping import export_model
+
+    recipe = get_recipe("laptop-digits")
+    torch.manual_seed(0)
+    unet = UNet2DModel(dataclasses.replace(recipe.unet, block_out_channels=(8, 16, 16), attention_head_dim=8))
+    export_model("laptop-digits", unet, str(tmp_path / "F"))
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "scripts" / "laptop_sampler_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    out = ablation.main([str(tmp_path / "F"), "--num-samples", "4", "--threads", "1", "--out", str(tmp_path / "a.json")])
+    assert set(out["variants"]) == set(ablation.VARIANTS)
+    assert {v["scheduler"] for v in out["variants"].values()} == {"DDPMScheduler", "DDIMScheduler"}
+    for v in out["variants"].values():
+        assert 0 <= v["confident_share"] <= 1 and v["frechet_distance"] > 0
+    assert json.loads((tmp_path / "a.json").read_text())["variants"].keys() == out["variants"].keys()
+    with pytest.raises(SystemExit):
+        ablation.main([str(tmp_path / "F"), "--variants", "ddpm,nope"])

@@ -290,7 +290,9 @@ def train(model: torch.nn.Module, scheduler, images: torch.Tensor, config: Train
         model.eval()
         return TrainResult(model=model, ema_model=ema.model if ema else None, losses=losses, step=start,
                            train_seconds=seconds_before)
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps if budget is None else None,
+    # A time budget: the bar counts steps with no step total (tqdm takes inf as "unknown": no fake ETA over
+    # config.steps); the postfix says how many minutes are left.
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps if budget is None else float("inf"),
                disable=not (progress and dist.is_main), desc="training")
     step = start
     stop, restore_signals = _stop_on_signals()  # `kill`, `kill -INT`, Ctrl-C: finish the step, checkpoint, stop

@@ -9,7 +9,7 @@ contrastively on shapes images and captions, chapter 5).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .loop import TrainConfig
 from ..models.unet_2d import UNetConfig
@@ -38,45 +38,45 @@ class Recipe:
     sampling_scheduler: tuple[str, dict] | None = None
 
 
+# The digits DDPMs share these; laptop-digits changes a few fields of each (dataclasses.replace).
+_DIGITS_UNET = UNetConfig(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 128),
+                          down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
+                          attention_head_dim=32, norm_num_groups=8)
+_DIGITS_DDPM = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                    prediction_type="epsilon", variance_type="fixed_small", clip_sample=True)
+_DIGITS_TRAIN = TrainConfig(steps=7500, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
+                            min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, loss_weighting="min_snr",
+                            min_snr_gamma=5.0, seed=0, checkpoint_every=250)
+
 RECIPES = {
     "mnist-ddpm": Recipe(
         name="mnist-ddpm",
         # 2.73 M parameters: the same blocks as the diffusers-example baseline (32/64/128, attention at 8x8).
-        unet=UNetConfig(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 128),
-                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
-                        attention_head_dim=32, norm_num_groups=8),
-        scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                       prediction_type="epsilon", variance_type="fixed_small", clip_sample=True),
+        unet=_DIGITS_UNET,
+        scheduler=dict(_DIGITS_DDPM),
         # Changes from the baseline (diffusers' train_unconditional example), each measured to move the curve: warm-up and cosine
         # decay, min-SNR-5 weighting (Hang et al. 2023), a shorter EMA.
-        train=TrainConfig(steps=7500, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
-                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, loss_weighting="min_snr",
-                          min_snr_gamma=5.0, seed=0, checkpoint_every=250),
+        train=_DIGITS_TRAIN,
         # Shipped at 20,000 steps: two warm restarts after the 7,500-step recipe. The deterministic samplers of
         # chapter 6 gained the most (DDIM with 50 steps: Frechet 55.9 -> 41.3, 3 seeds; sampler_quality.json).
         continued_to=(14000, 20000),
     ),
     "laptop-digits": Recipe(
         name="laptop-digits",
-        # Train-it-yourself on a CPU in 20 minutes (issue 16; the ablations are in benchmarks/results/). What
+        # Train-it-yourself on a CPU in 20 minutes (issue 16; step times: scripts/laptop_step_speed.py and the
+        # README; samplers: benchmarks/results/laptop-digits_20min_samplers_seed1.json). What
         # buys quality in a fixed time is steps per second, so: MNIST's own 28x28 (28 -> 14 -> 7, no padding to
         # 32: 1.4x faster per step), bf16 autocast (1.7x faster on an AVX512-BF16 CPU; channels_last measured
         # slower with it), 1.1 M parameters (mnist-ddpm's blocks with 64 channels at the lowest level), attention
         # only at 7x7 and in the middle.
-        unet=UNetConfig(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
-                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
-                        attention_head_dim=32, norm_num_groups=8),
-        scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                       prediction_type="epsilon", variance_type="fixed_small", clip_sample=True),
+        unet=replace(_DIGITS_UNET, sample_size=28, block_out_channels=(32, 64, 64)),
+        scheduler=dict(_DIGITS_DDPM),
         # The budget is the run's: `--max-minutes 20`. Warm-up for 100 steps, then cosine decay over the elapsed
         # fraction of the budget (the number of steps it buys depends on the machine); min-SNR-5 (Hang et al.
         # 2023), a short EMA for a short run.
-        train=TrainConfig(steps=10_000_000, batch_size=128, lr=2e-3, warmup_steps=100, lr_schedule="cosine",
-                          min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.995, loss_weighting="min_snr",
-                          min_snr_gamma=5.0, seed=0, checkpoint_every=500, schedule_clock="time",
-                          autocast="bf16"),
+        train=replace(_DIGITS_TRAIN, steps=10_000_000, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.995,
+                      checkpoint_every=500, schedule_clock="time", autocast="bf16"),
         data="digits-28",
         # Sampled by the training DDPMScheduler itself on a 50-step strided chain (ancestral, x_0 clipped): on
         # mnist-ddpm, 50 stochastic steps score a higher confident share than 50 deterministic DDIM steps

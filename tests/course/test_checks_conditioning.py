@@ -11,11 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from sdlearn.course import checks as grading
-from sdlearn.course.checks import EXERCISES, LABELS, CheckFailed, check, run_check
+from sdlearn.course.checks import EXERCISES, check, run_check
 
-
-def expected_text(key: str) -> str:
-    return f"likely mistake ({LABELS[key]})" if key in LABELS else key
+from course.check_harness import harness_tests  # tests/course/check_harness.py
 
 
 # ---------------------------------------------------------------------------- implementations with knobs
@@ -126,20 +124,7 @@ def test_chapter_5_is_registered_with_a_check_each():
         assert EXERCISES[exercise_id].signature.startswith(exercise_id.split(".")[1].replace("guidance", "classifier_free_guidance"))
 
 
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_correct_implementation_passes(exercise_id, capsys):
-    check(exercise_id, CORRECT[exercise_id])
-    assert f"✓ {exercise_id}: all checks passed" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("exercise_id, fn, expected", MISTAKES, ids=[f"{e}-{k}-{i}" for i, (e, _, k) in enumerate(MISTAKES)])
-def test_planted_mistake_is_caught_and_named(exercise_id, fn, expected):
-    with pytest.raises(CheckFailed) as info:
-        check(exercise_id, fn)
-    message = str(info.value)
-    assert EXERCISES[exercise_id].equation in message
-    assert expected_text(expected) in message, message
-    assert run_check(exercise_id, fn) == (False, message)
+test_correct_implementation_passes, test_planted_mistake_is_caught_and_named = harness_tests(CORRECT, MISTAKES)
 
 
 def test_checks_cover_both_dtypes():

@@ -48,15 +48,25 @@ def library_message(name: str) -> str:
             "hand, step by step, with basic torch operations (matmul, softmax, exp, ...).")
 
 
-def _guard(original, name: str, message=unavailable_message):
+def guard(original, name: str, message, active, marker: str, on_block=None):
+    """``original`` wrapped so that it raises ReferenceUnavailable(message(name)) whenever ``active()`` is true (and
+    calls ``on_block(name)`` first); otherwise it behaves as ``original``. ``marker`` is set to True on the wrapper,
+    so a second guard can tell the function is already guarded. The check cell and the grader share this."""
+
     @functools.wraps(original)
     def guarded(*args, **kwargs):
-        if _RUNNING[0] > 0:
+        if active():
+            if on_block is not None:
+                on_block(name)
             raise ReferenceUnavailable(message(name))
         return original(*args, **kwargs)
 
-    guarded.__sdlearn_check_guard__ = True
+    setattr(guarded, marker, True)
     return guarded
+
+
+def _guard(original, name: str, message=unavailable_message):
+    return guard(original, name, message, active=lambda: _RUNNING[0] > 0, marker="__sdlearn_check_guard__")
 
 
 def _resolve(path: str):

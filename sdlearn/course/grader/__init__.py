@@ -48,11 +48,11 @@ The grader runs students' code: on a shared machine, grade inside a container or
 account (GitHub Classroom's runners are throwaway virtual machines).
 """
 
+from ..checks.guard import ReferenceUnavailable  # the class the check cell raises too
 from .notebook import ExerciseSpec, NotebookReadError, collect_notebooks, exercises_of, find_exercises, read_notebook
 from .references import BLOCKED_CALLABLES, BLOCKED_PACKAGES, REFERENCES
 from .report import ExerciseResult, NotebookResult, format_table, results_json, write_csv
 from .runner import DEFAULT_TIMEOUT, Grader, GraderError, grade_notebooks, run_grade_command
-from .sandbox import ReferenceUnavailable
 
 __all__ = [
     "BLOCKED_CALLABLES", "BLOCKED_PACKAGES", "DEFAULT_TIMEOUT", "ExerciseResult", "ExerciseSpec", "Grader", "GraderError", "NotebookReadError",

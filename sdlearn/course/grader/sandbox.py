@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import functools
 import importlib
 import importlib.abc
 import inspect
@@ -14,7 +13,7 @@ import sys
 import traceback
 
 from ..checks.core import NOT_WRITTEN
-from ..checks.guard import ReferenceUnavailable  # one class for the check cell and the grader
+from ..checks.guard import guard  # one wrapper (and one ReferenceUnavailable) for the check cell and the grader
 from .notebook import _defined_names, _to_python
 from .references import BLOCKED_PACKAGES
 
@@ -46,15 +45,8 @@ def _library_message(name: str) -> str:
 
 
 def _guard(original, name: str, message=_reference_message):
-    @functools.wraps(original)
-    def guarded(*args, **kwargs):
-        if _called_from_student_code():
-            _BLOCKED_CALLS.append(name)
-            raise ReferenceUnavailable(message(name))
-        return original(*args, **kwargs)
-
-    guarded.__sdlearn_guarded__ = True
-    return guarded
+    return guard(original, name, message, active=_called_from_student_code, marker="__sdlearn_guarded__",
+                 on_block=_BLOCKED_CALLS.append)
 
 
 class _BlockPackages(importlib.abc.MetaPathFinder):
